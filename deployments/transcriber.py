@@ -1,0 +1,91 @@
+"""The Whisper deployment: a thin shell that batches chunks across jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, Field
+from ray import serve
+
+from deployments.engine import (
+    AudioError,
+    Chunk,
+    ChunkResult,
+    Engine,
+    EngineConfig,
+    TranscribeOptions,
+    WhisperEngine,
+    assemble,
+)
+
+logger = logging.getLogger("ray.serve.whisper.transcriber")
+
+
+class BatchConfig(BaseModel):
+    """Live-tunable batching (``user_config`` in serve_config.yaml)."""
+
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(default=0.05, ge=0, le=5)
+
+
+class Transcriber:
+    """Takes audio bytes and options, returns a transcript or an input error.
+
+    Each job is decoded and cut into <= 30 s chunks here; every chunk goes
+    through ``_decode_batch``, so chunks of all concurrent jobs share batches.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        engine_factory: Callable[[EngineConfig], Engine] = WhisperEngine,
+    ) -> None:
+        self.engine = engine_factory(config)
+        self.batch_sizes: list[int] = []
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        cfg = BatchConfig.model_validate(user_config or {})
+        self._decode_batch.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
+        self._decode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        logger.info("batching: max %d chunks, wait %.3f s", cfg.max_batch_size, cfg.batch_wait_timeout_s)
+
+    async def transcribe(self, audio: bytes, options: dict[str, Any]) -> dict[str, Any]:
+        """Return ``{"result": transcript}`` or ``{"error": message}`` for bad input.
+
+        Failures that a retry could fix (a dead replica, an engine crash) raise.
+        """
+        try:
+            opts = TranscribeOptions(**options)
+            prepared = await asyncio.to_thread(self.engine.prepare, audio, opts)
+            results = await asyncio.gather(*(self._decode_batch(c) for c in prepared.chunks))
+            transcript = assemble(prepared, results)
+        except (AudioError, TypeError) as exc:
+            return {"error": str(exc)}
+        return {"result": transcript.to_dict()}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def _decode_batch(self, chunks: list[Chunk]) -> list[ChunkResult]:
+        self.batch_sizes.append(len(chunks))
+        logger.info("decoding a batch of %d chunks", len(chunks))
+        return await asyncio.to_thread(self.engine.run_batch, chunks)
+
+    def stats(self) -> dict[str, Any]:
+        """Batch sizes seen so far (for tests and operators)."""
+        return {"batches": len(self.batch_sizes), "batch_sizes": list(self.batch_sizes[-1000:])}
+
+    def check_health(self) -> None:
+        """Ray calls this periodically; an engine that is gone fails it."""
+        if self.engine is None:
+            raise RuntimeError("engine not loaded")
+
+
+TranscriberDeployment = serve.deployment(
+    name="Transcriber",
+    # Large enough for batches to fill: Ray's default (5) caps a batch at 5 jobs.
+    max_ongoing_requests=64,
+    ray_actor_options={"num_cpus": 0.5},
+    user_config=BatchConfig().model_dump(),
+)(Transcriber)

@@ -1,0 +1,73 @@
+"""The app builder: the one place that wires the graph (serve run, serve_config.yaml, tests)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from deployments.engine import EngineConfig
+from deployments.transcriber import TranscriberDeployment
+from serve_app.gateway import Gateway
+from serve_app.settings import Settings, get_settings
+
+logger = logging.getLogger("ray.serve.whisper.app")
+
+
+class AppArgs(BaseModel):
+    """Topology arguments (``args:`` in serve_config.yaml); the environment holds the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_gpus: float | Literal["auto"] = Field(
+        default="auto", description="GPUs per Whisper replica; auto: 1 when the device is cuda"
+    )
+    num_cpus: float = Field(default=0.5, ge=0, description="Ray CPUs per Whisper replica")
+
+
+def _cluster_has_gpu() -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return float(ray.cluster_resources().get("GPU", 0)) > 0
+    # `serve run module:app` builds before Ray starts: ask CTranslate2 about this machine.
+    import ctranslate2
+
+    return int(ctranslate2.get_cuda_device_count()) > 0
+
+
+def resolve_device(settings: Settings) -> Literal["cpu", "cuda"]:
+    if settings.whisper_device == "auto":
+        return "cuda" if _cluster_has_gpu() else "cpu"
+    return settings.whisper_device
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """Bind the Gateway to an (autoscaled) Transcriber from settings and args."""
+    app_args = AppArgs.model_validate(args or {})
+    settings = get_settings()
+    # Pin relative paths where the operator started the server, not where a replica runs.
+    settings = settings.model_copy(
+        update={
+            "data_dir": settings.data_dir.resolve(),
+            "db_path": settings.db_path.resolve() if settings.db_path else None,
+        }
+    )
+    device = resolve_device(settings)
+    gpus = app_args.num_gpus
+    if gpus == "auto":
+        gpus = 1.0 if device == "cuda" else 0.0
+    engine = EngineConfig(
+        model=settings.whisper_model,
+        device=device,
+        compute_type=settings.whisper_compute_type,
+        cpu_threads=settings.whisper_cpu_threads,
+        cache_dir=str(settings.model_cache_dir),
+    )
+    logger.info("whisper model %s on %s, %g GPU per replica", engine.model, device, gpus)
+    transcriber = TranscriberDeployment.options(
+        ray_actor_options={"num_cpus": app_args.num_cpus, "num_gpus": gpus}
+    ).bind(engine)
+    return Gateway.bind(settings, transcriber)

@@ -1,0 +1,83 @@
+"""The FastAPI app: routes, auth, CORS and the job dispatcher, built from settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
+
+from serve_app.dispatcher import Dispatcher, TranscriberClient
+from serve_app.jobs import JobStore
+from serve_app.routes import health_router, jobs_router
+from serve_app.settings import Settings
+from serve_app.uploads import UploadError
+
+logger = logging.getLogger("ray.serve.whisper.app")
+
+
+class StrictCORS(CORSMiddleware):
+    """Starlette's CORS, with a JSON body when a preflight is refused."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        reason = bytes(response.body).decode()
+        return JSONResponse(
+            {"detail": f"{reason}: the server allows the origins listed in ALLOWED_ORIGINS"},
+            status_code=response.status_code,
+        )
+
+
+def create_app(settings: Settings, client: TranscriberClient) -> FastAPI:
+    """Build the HTTP app; the dispatcher runs while the app's lifespan does."""
+    store = JobStore(settings.database_file if settings.use_sqlite else None)
+    dispatcher = Dispatcher(
+        store, client, lease_s=settings.lease_seconds, max_attempts=settings.max_attempts
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        dispatcher.start()
+        yield
+        await dispatcher.stop()
+
+    app = FastAPI(
+        title="Whisper async job server",
+        summary="Submit audio, poll for the transcript. Batched faster-whisper on Ray Serve.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.dispatcher = dispatcher
+    app.add_middleware(
+        StrictCORS,
+        allow_origins=settings.allowed_origins,
+        # Bearer tokens travel in a header, not cookies: never allow credentials.
+        allow_credentials=False,
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        expose_headers=["Location", "Retry-After"],
+        max_age=600,
+    )
+    app.include_router(health_router)
+    app.include_router(jobs_router)
+
+    @app.exception_handler(UploadError)
+    async def _upload_error(_request: Request, exc: UploadError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+        return JSONResponse(
+            {"detail": "internal error; the server logs have details"}, status_code=500
+        )
+
+    return app

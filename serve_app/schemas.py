@@ -1,0 +1,67 @@
+"""What the API returns: the seed's keys, plus a few more."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from serve_app.jobs import Job, JobStatus
+
+
+class SegmentPublic(BaseModel):
+    id: int
+    start: float = Field(description="seconds from the start of the audio")
+    end: float
+    text: str
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus = JobStatus.queued
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration: float | None = Field(default=None, description="audio length in seconds")
+    attempts: int = 0
+    language: str | None = None
+    text: str | None = None
+    segments: list[SegmentPublic] | None = None
+    error: str | None = None
+    error_code: str | None = None
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobPublic:
+        result = job.result or {}
+        return cls(
+            job_id=job.id,
+            status=job.status,
+            created_at=_utc(job.created_at),
+            started_at=_utc(job.started_at),
+            finished_at=_utc(job.finished_at),
+            duration=job.duration,
+            attempts=job.attempts,
+            language=result.get("language"),
+            text=result.get("text"),
+            segments=result.get("segments"),
+            error=job.error,
+            error_code=job.error_code,
+        )
+
+
+class Health(BaseModel):
+    status: str = "ok"
+    model: str
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what was wrong and what to do")
+
+
+def _utc(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)

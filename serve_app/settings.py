@@ -1,0 +1,111 @@
+"""Server settings, read from the environment (the seed's names)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """The environment asks for something the server will not run with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    whisper_api_key: SecretStr | None = None
+    """Bearer token(s) clients must send; comma-separated for several."""
+
+    require_auth: bool = True
+    """Refuse requests without a valid token (every route but /health)."""
+
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated exact origins allowed by CORS; empty allows none."""
+
+    use_sqlite: bool = True
+    """Keep jobs in SQLite (they survive restarts); false keeps them in memory (development only)."""
+
+    data_dir: Path = Path("data")
+    """Folder for the database, spooled uploads and model caches."""
+
+    db_path: Path | None = None
+    """SQLite file; defaults to DATA_DIR/whisper-jobs.db."""
+
+    max_file_size_mb: float = Field(default=25, gt=0)
+    """Largest upload accepted, in MB (10^6 bytes)."""
+
+    whisper_model: str = "tiny.en"
+    """Bundled name (tiny.en, base), a local CTranslate2 folder, or a faster-whisper name."""
+
+    whisper_device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: cuda when the Ray cluster has GPUs, else cpu."""
+
+    whisper_compute_type: str = "auto"
+    """CTranslate2 compute type; auto: int8 on CPU, float16 on CUDA."""
+
+    whisper_cpu_threads: int = Field(default=0, ge=0)
+    """Threads per Whisper replica on CPU; 0 uses every core."""
+
+    max_attempts: int = Field(default=3, ge=1)
+    """Tries per job before it ends in error (a replica that died, an engine crash)."""
+
+    lease_seconds: float = Field(default=60, gt=0)
+    """How long a claimed job is held without a heartbeat before another gateway may retry it."""
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _fail_closed(self) -> Settings:
+        if self.require_auth and not self.api_keys:
+            raise ValueError(
+                "REQUIRE_AUTH is true (the default) but WHISPER_API_KEY is empty: "
+                "set WHISPER_API_KEY to a secret clients will send as "
+                "'Authorization: Bearer <key>' (or REQUIRE_AUTH=false for local development only)"
+            )
+        return self
+
+    @property
+    def api_keys(self) -> list[str]:
+        if self.whisper_api_key is None:
+            return []
+        raw = self.whisper_api_key.get_secret_value()
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+    @property
+    def database_file(self) -> Path:
+        return (self.db_path or self.data_dir / "whisper-jobs.db").resolve()
+
+    @property
+    def upload_dir(self) -> Path:
+        return (self.data_dir / "uploads").resolve()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return (self.data_dir / "models").resolve()
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_size_mb * 1_000_000)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process (not at import)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: "
+            f"{str(err['msg']).removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise SettingsError(problems) from None
