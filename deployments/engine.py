@@ -167,9 +167,7 @@ class WhisperEngine:
     def _tokenizer(self, language: str, task: Task):  # type: ignore[no-untyped-def]
         from faster_whisper.tokenizer import Tokenizer
 
-        return Tokenizer(
-            self.model.hf_tokenizer, self.multilingual, task=task, language=language
-        )
+        return Tokenizer(self.model.hf_tokenizer, self.multilingual, task=task, language=language)
 
     def prepare(self, audio: bytes, options: TranscribeOptions) -> PreparedAudio:
         try:
@@ -184,9 +182,7 @@ class WhisperEngine:
             raise AudioError("this model is English-only and cannot translate")
         tokenizer = self._tokenizer(language, options.task)
         previous = (
-            tokenizer.encode(" " + options.initial_prompt.strip())
-            if options.initial_prompt
-            else []
+            tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
         )
         prompt = self.model.get_prompt(tokenizer, previous_tokens=previous)
         chunks = [
@@ -263,11 +259,13 @@ class WhisperEngine:
                 segment_duration=chunk.duration,
                 seek=0,
             )
+            # Whisper may predict an end past its window: keep times inside it.
+            last = chunk.offset + chunk.duration
             segments = [
                 Segment(
                     id=0,
-                    start=round(piece["start"], 3),
-                    end=round(piece["end"], 3),
+                    start=round(min(max(piece["start"], chunk.offset), last), 3),
+                    end=round(min(max(piece["end"], chunk.offset), last), 3),
                     text=tokenizer.decode(piece["tokens"]),
                 )
                 for piece in pieces

@@ -55,8 +55,8 @@ def _bundled_path(name: str, cache_dir: Path) -> Path | None:
         except ImportError:
             return None
         return _join_split_model(
-            Path(part1.__file__).parent / "data",
-            Path(part2.__file__).parent / "data",
+            Path(str(part1.__file__)).parent / "data",
+            Path(str(part2.__file__)).parent / "data",
             cache_dir / "base",
         )
     return None

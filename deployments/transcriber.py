@@ -45,12 +45,21 @@ class Transcriber:
     ) -> None:
         self.engine = engine_factory(config)
         self.batch_sizes: list[int] = []
+        # Batched per instance: a class-level @serve.batch shares one queue (and
+        # its event loop) between every instance in the process.
+        defaults = BatchConfig()
+        self._decode_batch: Any = serve.batch(
+            max_batch_size=defaults.max_batch_size,
+            batch_wait_timeout_s=defaults.batch_wait_timeout_s,
+        )(self._decode_chunks)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         cfg = BatchConfig.model_validate(user_config or {})
-        self._decode_batch.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
-        self._decode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
-        logger.info("batching: max %d chunks, wait %.3f s", cfg.max_batch_size, cfg.batch_wait_timeout_s)
+        self._decode_batch.set_max_batch_size(cfg.max_batch_size)
+        self._decode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        logger.info(
+            "batching: max %d chunks, wait %.3f s", cfg.max_batch_size, cfg.batch_wait_timeout_s
+        )
 
     async def transcribe(self, audio: bytes, options: dict[str, Any]) -> dict[str, Any]:
         """Return ``{"result": transcript}`` or ``{"error": message}`` for bad input.
@@ -66,8 +75,7 @@ class Transcriber:
             return {"error": str(exc)}
         return {"result": transcript.to_dict()}
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _decode_batch(self, chunks: list[Chunk]) -> list[ChunkResult]:
+    async def _decode_chunks(self, chunks: list[Chunk]) -> list[ChunkResult]:
         self.batch_sizes.append(len(chunks))
         logger.info("decoding a batch of %d chunks", len(chunks))
         return await asyncio.to_thread(self.engine.run_batch, chunks)

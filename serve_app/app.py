@@ -70,4 +70,4 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     transcriber = TranscriberDeployment.options(
         ray_actor_options={"num_cpus": app_args.num_cpus, "num_gpus": gpus}
     ).bind(engine)
-    return Gateway.bind(settings, transcriber)
+    return Gateway.bind(settings, transcriber)  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from serve_app.settings import Settings
 class Gateway:
     """Auth, CORS, uploads and job records; dispatches jobs to the Transcriber."""
 
-    async def __init__(self, settings: Settings, transcriber: DeploymentHandle) -> None:
+    async def __init__(self, settings: Settings, transcriber: DeploymentHandle) -> None:  # type: ignore[misc]
         self._app = create_app(settings, HandleClient(transcriber))
 
     def __serve_build_asgi_app__(self) -> FastAPI:

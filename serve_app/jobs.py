@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event, or_
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 
 class JobStatus(StrEnum):
@@ -143,8 +143,8 @@ class JobStore:
         with self._session(write=True) as s:
             query = select(Job).where(
                 or_(
-                    Job.status == JobStatus.queued,
-                    (Job.status == JobStatus.processing) & (Job.lease_until < now),  # type: ignore[operator]
+                    col(Job.status) == JobStatus.queued,
+                    (col(Job.status) == JobStatus.processing) & (col(Job.lease_until) < now),
                 )
             )
             if job_id is not None:

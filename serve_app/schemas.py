@@ -41,7 +41,7 @@ class JobPublic(BaseModel):
         return cls(
             job_id=job.id,
             status=job.status,
-            created_at=_utc(job.created_at),
+            created_at=datetime.fromtimestamp(job.created_at, UTC),
             started_at=_utc(job.started_at),
             finished_at=_utc(job.finished_at),
             duration=job.duration,

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     """Comma-separated exact origins allowed by CORS; empty allows none."""
 
     use_sqlite: bool = True
-    """Keep jobs in SQLite (they survive restarts); false keeps them in memory (development only)."""
+    """Keep jobs in SQLite (they survive restarts); false: in memory, for development only."""
 
     data_dir: Path = Path("data")
     """Folder for the database, spooled uploads and model caches."""

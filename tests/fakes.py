@@ -1,0 +1,88 @@
+"""A fake engine for fast tests: no model, predictable output, real batching around it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from deployments.audio import SpeechLayout
+from deployments.engine import (
+    AudioError,
+    Chunk,
+    ChunkResult,
+    EngineConfig,
+    PreparedAudio,
+    Segment,
+    TranscribeOptions,
+)
+from deployments.transcriber import Transcriber
+
+
+class FakeEngine:
+    """Audio ``b"FAKE <label> <n>"`` becomes n chunks that decode to "<label> part <i>".
+
+    Any other bytes become one chunk. ``b"BAD"`` is refused as input; ``b"CRASH"``
+    fails the way a broken engine would.
+    """
+
+    def __init__(self, _config: EngineConfig | None = None) -> None:
+        self.batches: list[int] = []
+
+    def prepare(self, audio: bytes, options: TranscribeOptions) -> PreparedAudio:
+        if audio.startswith(b"BAD"):
+            raise AudioError("could not decode the audio: fake")
+        if audio.startswith(b"CRASH"):
+            raise RuntimeError("engine crashed")
+        label, count = "audio", 1
+        if audio.startswith(b"FAKE "):
+            _, label, n = audio.decode().split()
+            count = int(n)
+        windows = [(30.0 * i, 30.0) for i in range(count)]
+        chunks = [
+            Chunk(
+                features=np.zeros((1, 1), dtype=np.float32),
+                offset=offset,
+                duration=duration,
+                prompt=[ord(c) for c in f"{label} part {i}"],
+                language="en",
+                task=options.task,
+                beam_size=options.beam_size,
+            )
+            for i, (offset, duration) in enumerate(windows)
+        ]
+        layout = SpeechLayout(duration=30.0 * count, speech=[], windows=windows)
+        return PreparedAudio(chunks=chunks, layout=layout, language="en")
+
+    def run_batch(self, chunks: Sequence[Chunk]) -> list[ChunkResult]:
+        self.batches.append(len(chunks))
+        return [
+            ChunkResult(
+                segments=[
+                    Segment(
+                        id=0,
+                        start=c.offset,
+                        end=c.offset + c.duration,
+                        text=" " + "".join(chr(x) for x in c.prompt),
+                    )
+                ]
+            )
+            for c in chunks
+        ]
+
+
+def fake_transcriber() -> Transcriber:
+    return Transcriber(EngineConfig(), engine_factory=FakeEngine)
+
+
+class LocalClient:
+    """The gateway's view of a Transcriber, without Ray."""
+
+    def __init__(self, transcriber: Transcriber | None = None) -> None:
+        self.transcriber = transcriber or fake_transcriber()
+        self.calls = 0
+
+    async def transcribe(self, audio: bytes, options: dict[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        return await self.transcriber.transcribe(audio, options)

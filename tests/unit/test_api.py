@@ -1,0 +1,246 @@
+"""The HTTP API against a real SQLite store and a fake engine (no Ray)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serve_app.main import create_app
+from serve_app.settings import Settings
+from tests.fakes import LocalClient
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+JFK = Path(__file__).parents[1] / "data" / "jfk.flac"
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "whisper_api_key": KEY,
+        "allowed_origins": "https://app.example.com,http://localhost:3000",
+        "data_dir": tmp_path,
+        "max_file_size_mb": 2,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(tmp_path), LocalClient())) as c:
+        yield c
+
+
+def wait_done(client: TestClient, job_id: str, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/transcribe/{job_id}", headers=AUTH).json()
+        if body["status"] in ("done", "error"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not end: {body}")
+
+
+def submit(client: TestClient, content: bytes, name: str = "a.flac") -> dict:
+    r = client.post("/transcribe", headers=AUTH, files={"file": (name, content)})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def test_health_needs_no_token(client: TestClient) -> None:
+    r = client.get("/health")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok"
+
+
+def test_submit_answers_queued_then_done(client: TestClient, tmp_path: Path) -> None:
+    r = client.post("/transcribe", headers=AUTH, files={"file": ("jfk.flac", JFK.read_bytes())})
+    assert r.status_code == 202
+    body = r.json()
+    assert body["status"] == "queued" and set(body) == {"job_id", "status"}
+    assert r.headers["location"] == f"/transcribe/{body['job_id']}"
+    done = wait_done(client, body["job_id"])
+    assert done["status"] == "done"
+    assert done["text"] == "audio part 0"
+    assert done["segments"] == [{"id": 0, "start": 0.0, "end": 30.0, "text": " audio part 0"}]
+    assert done["duration"] == pytest.approx(11.0, abs=0.1)
+    # The spooled upload is deleted once the job ends.
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": "Basic x"}],
+)
+def test_every_job_route_needs_a_valid_token(client: TestClient, headers: dict) -> None:
+    for r in (
+        client.post("/transcribe", headers=headers, files={"file": ("a", b"x")}),
+        client.get("/transcribe/some-id", headers=headers),
+    ):
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert "Authorization: Bearer" in r.json()["detail"]
+
+
+def test_several_keys_each_work(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, whisper_api_key="k1, k2"), LocalClient())
+    with TestClient(app) as c:
+        for key in ("k1", "k2"):
+            assert (
+                c.get("/transcribe/x", headers={"Authorization": f"Bearer {key}"}).status_code
+                == 404
+            )
+        assert c.get("/transcribe/x", headers={"Authorization": "Bearer k3"}).status_code == 401
+
+
+def test_auth_off_lets_requests_through(tmp_path: Path) -> None:
+    app = create_app(
+        make_settings(tmp_path, whisper_api_key=None, require_auth=False), LocalClient()
+    )
+    with TestClient(app) as c:
+        assert c.get("/transcribe/nope").status_code == 404
+
+
+def test_unknown_job_is_404_json(client: TestClient) -> None:
+    r = client.get("/transcribe/does-not-exist", headers=AUTH)
+    assert r.status_code == 404
+    assert "does-not-exist" in r.json()["detail"]
+
+
+def test_declared_length_over_limit_is_refused_before_reading(client: TestClient) -> None:
+    def body() -> Iterator[bytes]:
+        yield b"x" * 10
+
+    r = client.post(
+        "/transcribe",
+        headers={
+            **AUTH,
+            "Content-Type": "multipart/form-data; boundary=b",
+            "Content-Length": "3000000",
+        },
+        content=body(),
+    )
+    assert r.status_code == 413
+    assert "3.0 MB" in r.json()["detail"] and "MAX_FILE_SIZE_MB" in r.json()["detail"]
+
+
+def test_streamed_body_without_length_is_cut_at_the_limit(
+    client: TestClient, tmp_path: Path
+) -> None:
+    def body() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n'
+        for _ in range(100):  # 100 x 64 KB = 6.5 MB, over the 2 MB limit
+            yield b"\0" * 65536
+        yield b"\r\n--b--\r\n"
+
+    r = client.post(
+        "/transcribe",
+        headers={**AUTH, "Content-Type": "multipart/form-data; boundary=b"},
+        content=body(),
+    )
+    assert r.status_code == 413
+    assert "limit is 2 MB" in r.json()["detail"]
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "words"),
+    [
+        ({"file": ("empty.mp3", b"")}, 400, "empty"),
+        ({"file": ("notes.txt", b"hello, this is text and not audio at all\n" * 20)}, 415, "audio"),
+        ({"other": ("a.flac", b"abc")}, 400, "field named 'file'"),
+    ],
+)
+def test_bad_uploads_get_a_clear_4xx(
+    client: TestClient, tmp_path: Path, files: dict, status: int, words: str
+) -> None:
+    r = client.post("/transcribe", headers=AUTH, files=files)
+    assert r.status_code == status
+    assert words in r.json()["detail"]
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
+def test_not_multipart_is_415(client: TestClient) -> None:
+    r = client.post("/transcribe", headers={**AUTH, "Content-Type": "audio/mpeg"}, content=b"abc")
+    assert r.status_code == 415
+    assert "multipart/form-data" in r.json()["detail"]
+
+
+def test_engine_refusal_ends_the_job_in_error(tmp_path: Path) -> None:
+    class Refusing(LocalClient):
+        async def transcribe(self, audio: bytes, options: dict) -> dict:
+            return {"error": "could not decode the audio: broken frames"}
+
+    with TestClient(create_app(make_settings(tmp_path), Refusing())) as c:
+        job = submit(c, JFK.read_bytes())
+        done = wait_done(c, job["job_id"])
+    assert done["status"] == "error"
+    assert done["error"] == "could not decode the audio: broken frames"
+    assert done["error_code"] == "invalid_audio"
+    assert "text" not in done
+
+
+def test_a_crashing_engine_is_retried_then_reported(tmp_path: Path) -> None:
+    class Crashing(LocalClient):
+        async def transcribe(self, audio: bytes, options: dict) -> dict:
+            self.calls += 1
+            raise ConnectionError("replica died")
+
+    crashing = Crashing()
+    app = create_app(make_settings(tmp_path, max_attempts=2), crashing)
+    app.state.dispatcher.sweep_interval_s = 0.05
+    with TestClient(app) as c:
+        job = submit(c, JFK.read_bytes())
+        done = wait_done(c, job["job_id"])
+    assert done["status"] == "error"
+    assert done["error_code"] == "transcription_failed"
+    assert done["attempts"] == 2 and crashing.calls == 2
+
+
+def test_cors_allows_listed_origins_only(client: TestClient) -> None:
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    ok = client.options("/transcribe", headers={"Origin": "https://app.example.com", **preflight})
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "authorization" in ok.headers["access-control-allow-headers"].lower()
+    assert "access-control-allow-credentials" not in ok.headers
+
+    bad = client.options("/transcribe", headers={"Origin": "https://evil.example", **preflight})
+    assert bad.status_code == 400
+    assert "access-control-allow-origin" not in bad.headers
+    assert "ALLOWED_ORIGINS" in bad.json()["detail"]
+
+    simple = client.get("/health", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in simple.headers
+    simple = client.get("/health", headers={"Origin": "http://localhost:3000"})
+    assert simple.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
+def test_openapi_docs_are_served(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "multipart/form-data" in spec["paths"]["/transcribe"]["post"]["requestBody"]["content"]
+
+
+def test_memory_mode_keeps_jobs_while_running(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, use_sqlite=False), LocalClient())
+    with TestClient(app) as c:
+        job = submit(c, JFK.read_bytes())
+        assert wait_done(c, job["job_id"])["status"] == "done"
+    assert not (tmp_path / "whisper-jobs.db").exists()
+
+
+def test_jobs_survive_a_new_app_on_the_same_database(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path), LocalClient())) as c:
+        job = submit(c, JFK.read_bytes())
+        first = wait_done(c, job["job_id"])
+    with TestClient(create_app(make_settings(tmp_path), LocalClient())) as c:
+        again = c.get(f"/transcribe/{job['job_id']}", headers=AUTH).json()
+    assert again == first

@@ -1,0 +1,62 @@
+"""The Transcriber's batching across jobs, with a fake engine (no Ray cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.fakes import FakeEngine, fake_transcriber
+
+
+def test_chunks_of_concurrent_jobs_share_batches() -> None:
+    transcriber = fake_transcriber()
+
+    async def run() -> list[dict]:
+        return await asyncio.gather(
+            *(transcriber.transcribe(f"FAKE job{j} 3".encode(), {}) for j in range(10))
+        )
+
+    replies = asyncio.run(run())
+    engine = transcriber.engine
+    assert isinstance(engine, FakeEngine)
+    assert sum(engine.batches) == 30
+    # 30 chunks in batches of at most 8: batching across jobs, not one per call.
+    assert max(engine.batches) == 8
+    assert len(engine.batches) <= 6
+    for j, reply in enumerate(replies):
+        result = reply["result"]
+        assert result["text"] == f"job{j} part 0 job{j} part 1 job{j} part 2"
+        assert [s["start"] for s in result["segments"]] == [0.0, 30.0, 60.0]
+
+
+def test_bad_input_fails_only_its_own_job() -> None:
+    transcriber = fake_transcriber()
+
+    async def run() -> list[dict]:
+        return await asyncio.gather(
+            transcriber.transcribe(b"FAKE good 2", {}),
+            transcriber.transcribe(b"BAD", {}),
+            transcriber.transcribe(b"FAKE fine 1", {}),
+        )
+
+    good, bad, fine = asyncio.run(run())
+    assert good["result"]["text"] == "good part 0 good part 1"
+    assert "could not decode" in bad["error"]
+    assert fine["result"]["text"] == "fine part 0"
+
+
+def test_reconfigure_sets_batch_limits() -> None:
+    transcriber = fake_transcriber()
+    transcriber.reconfigure({"max_batch_size": 2, "batch_wait_timeout_s": 0.01})
+
+    async def run() -> None:
+        await asyncio.gather(*(transcriber.transcribe(b"FAKE x 3", {}) for _ in range(4)))
+
+    asyncio.run(run())
+    engine = transcriber.engine
+    assert isinstance(engine, FakeEngine)
+    assert max(engine.batches) == 2
+
+
+def test_unknown_option_is_an_input_error() -> None:
+    reply = asyncio.run(fake_transcriber().transcribe(b"FAKE x 1", {"colour": "red"}))
+    assert "colour" in reply["error"]
