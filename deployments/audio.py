@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import av
 import numpy as np
-from faster_whisper.audio import decode_audio
 from faster_whisper.vad import (
     SpeechTimestampsMap,
     VadOptions,
@@ -18,9 +19,44 @@ SAMPLE_RATE = 16_000
 WINDOW_S = 30
 
 
-def decode(source: BinaryIO | str) -> np.ndarray:
-    """Decode any container PyAV reads to 16 kHz mono float32."""
-    return np.asarray(decode_audio(source, sampling_rate=SAMPLE_RATE), dtype=np.float32)
+class AudioTooLong(ValueError):
+    """Decoding went past the most audio allowed."""
+
+
+def decode(source: BinaryIO | str, *, max_seconds: float | None = None) -> np.ndarray:
+    """Decode any container PyAV reads to 16 kHz mono float32.
+
+    Stops as soon as more than ``max_seconds`` come out, so a small file that
+    expands to hours of audio costs at most that much memory.
+    """
+    limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    pieces: list[np.ndarray] = []
+    total = 0
+    with av.open(source, mode="r", metadata_errors="ignore") as container:
+        for frame in _skip_invalid(container.decode(audio=0)):
+            for out in resampler.resample(frame):
+                samples = out.to_ndarray().reshape(-1)
+                pieces.append(samples)
+                total += samples.size
+                if limit is not None and total > limit:
+                    raise AudioTooLong(f"the audio is longer than {max_seconds:.0f} s")
+        for out in resampler.resample(None):
+            pieces.append(out.to_ndarray().reshape(-1))
+    if not pieces:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(pieces).astype(np.float32) / 32768.0
+
+
+def _skip_invalid(frames: Iterator[av.AudioFrame]) -> Iterator[av.AudioFrame]:
+    """Skip frames FFmpeg cannot decode, as faster-whisper does."""
+    while True:
+        try:
+            yield next(frames)
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            continue
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 import numpy as np
 from faster_whisper.audio import pad_or_trim
 
-from deployments.audio import SAMPLE_RATE, SpeechLayout, decode, split_speech
+from deployments.audio import SAMPLE_RATE, AudioTooLong, SpeechLayout, decode, split_speech
 
 logger = logging.getLogger("ray.serve.whisper.engine")
 
@@ -104,6 +104,7 @@ class EngineConfig:
     compute_type: str = "auto"
     cpu_threads: int = 0
     cache_dir: str = "data/models"
+    max_audio_seconds: float | None = None
 
 
 def assemble(prepared: PreparedAudio, results: Sequence[ChunkResult]) -> Transcript:
@@ -145,6 +146,7 @@ class WhisperEngine:
 
         from deployments.models import resolve_model
 
+        self.max_audio_seconds = config.max_audio_seconds
         path = resolve_model(config.model, cache_dir=config.cache_dir)
         compute_type = config.compute_type
         if compute_type == "auto":
@@ -171,7 +173,9 @@ class WhisperEngine:
 
     def prepare(self, audio: bytes, options: TranscribeOptions) -> PreparedAudio:
         try:
-            samples = decode(io.BytesIO(audio))
+            samples = decode(io.BytesIO(audio), max_seconds=self.max_audio_seconds)
+        except AudioTooLong as exc:
+            raise AudioError(f"{exc} (MAX_AUDIO_SECONDS)") from exc
         except Exception as exc:  # PyAV raises many types for bad input
             raise AudioError(f"could not decode the audio: {exc}") from exc
         layout, pieces = split_speech(samples, vad_filter=options.vad_filter)
@@ -227,13 +231,24 @@ class WhisperEngine:
             try:
                 decoded = self._generate([chunks[i] for i in indexes], beam_size)
             except Exception as exc:
-                logger.exception("batch of %d chunks failed", len(indexes))
+                logger.warning(
+                    "batch of %d chunks failed (%s); decoding them one by one",
+                    len(indexes),
+                    type(exc).__name__,
+                )
                 for i in indexes:
-                    results[i] = ChunkResult(error=f"decoding failed: {exc}")
+                    results[i] = self._decode_alone(chunks[i])
                 continue
             for i, segments in zip(indexes, decoded, strict=True):
                 results[i] = ChunkResult(segments=segments)
         return results
+
+    def _decode_alone(self, chunk: Chunk) -> ChunkResult:
+        """Decode one chunk by itself, so that a bad one fails only its own job."""
+        try:
+            return ChunkResult(segments=self._generate([chunk], chunk.beam_size)[0])
+        except Exception as exc:
+            return ChunkResult(error=f"decoding failed ({type(exc).__name__})")
 
     def _generate(self, chunks: Sequence[Chunk], beam_size: int) -> list[list[Segment]]:
         model = self.model

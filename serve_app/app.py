@@ -65,6 +65,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         compute_type=settings.whisper_compute_type,
         cpu_threads=settings.whisper_cpu_threads,
         cache_dir=str(settings.model_cache_dir),
+        max_audio_seconds=settings.max_audio_seconds,
     )
     logger.info("whisper model %s on %s, %g GPU per replica", engine.model, device, gpus)
     transcriber = TranscriberDeployment.options(

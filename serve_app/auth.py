@@ -1,16 +1,24 @@
-"""Bearer-token authentication."""
+"""Bearer-token authentication; a job belongs to the fingerprint of the key that made it."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from typing import Annotated
 
-from fastapi import HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, status
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+ANONYMOUS = "anonymous"
 
 
-def check_bearer(authorization: str | None, keys: list[str]) -> None:
-    """Raise 401 unless ``authorization`` is ``Bearer <one of keys>``.
+def fingerprint(key: str) -> str:
+    """What the job store keeps instead of a key."""
+    return hashlib.sha256(b"whisper-serve-owner:" + key.encode()).hexdigest()[:32]
+
+
+def check_bearer(authorization: str | None, keys: list[str]) -> str:
+    """Return the key ``authorization`` carries (``Bearer <key>``), or raise 401.
 
     Every key is compared, in constant time, so timing tells nothing about
     which key or how much of it matched.
@@ -23,19 +31,25 @@ def check_bearer(authorization: str | None, keys: list[str]) -> None:
             headers=CHALLENGE,
         )
     given = token.strip().encode()
-    matched = False
+    matched: str | None = None
     for key in keys:
-        matched |= hmac.compare_digest(given, key.encode())
-    if not matched:
+        if hmac.compare_digest(given, key.encode()):
+            matched = key
+    if matched is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "invalid API key: check the token sent in 'Authorization: Bearer <key>'",
             headers=CHALLENGE,
         )
+    return matched
 
 
-def require_api_key(request: Request) -> None:
-    """FastAPI dependency: the request carries a valid key, unless auth is off."""
+def require_api_key(request: Request) -> str:
+    """FastAPI dependency: the caller's owner fingerprint (anonymous when auth is off)."""
     settings = request.app.state.settings
-    if settings.require_auth:
-        check_bearer(request.headers.get("authorization"), settings.api_keys)
+    if not settings.require_auth:
+        return ANONYMOUS
+    return fingerprint(check_bearer(request.headers.get("authorization"), settings.api_keys))
+
+
+OwnerDep = Annotated[str, Depends(require_api_key)]

@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from serve_app.jobs import Job, JobStore
+from serve_app.settings import Settings
 
 logger = logging.getLogger("ray.serve.whisper.dispatcher")
+
+# Spooled files no job refers to are removed once this old (an upload in
+# progress has no job row yet).
+ORPHAN_AGE_S = 600
 
 
 class TranscriberClient(Protocol):
@@ -33,27 +38,28 @@ class HandleClient:
 class Dispatcher:
     """Runs jobs from the store; the store, not this object, is the queue.
 
-    ``submit`` starts a fresh job at once; ``sweep`` (looped by ``run``) takes
-    queued jobs and jobs whose lease ran out, so a job survives the gateway or
-    replica that held it.
+    ``submit`` starts a fresh job at once; the loop (``run``) takes queued jobs
+    and jobs whose lease ran out, so a job survives the gateway or replica that
+    held it. The loop also ends overdue jobs, applies JOB_RETENTION_HOURS and
+    removes spooled audio no job needs.
     """
 
     def __init__(
         self,
         store: JobStore,
         client: TranscriberClient,
+        settings: Settings,
         *,
-        lease_s: float = 60,
-        max_attempts: int = 3,
         max_in_flight: int = 64,
         sweep_interval_s: float = 2.0,
+        housekeeping_interval_s: float = 30.0,
     ) -> None:
         self.store = store
         self.client = client
-        self.lease_s = lease_s
-        self.max_attempts = max_attempts
+        self.settings = settings
         self.max_in_flight = max_in_flight
         self.sweep_interval_s = sweep_interval_s
+        self.housekeeping_interval_s = housekeeping_interval_s
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -71,38 +77,81 @@ class Dispatcher:
 
     def submit(self, job_id: str) -> None:
         """Start a job just accepted, if there is room; else the sweep takes it."""
-        if len(self._running) < self.max_in_flight:
+        if len(self._running) < self.max_in_flight and job_id not in self._running:
             self._spawn(job_id, self._claim_and_run(job_id))
+
+    def cancel(self, job_id: str) -> None:
+        """Stop waiting for a job this gateway runs (it was deleted)."""
+        task = self._running.get(job_id)
+        if task is not None:
+            task.cancel()
 
     async def sweep(self) -> int:
         """Start as many waiting jobs as there is room for; return how many."""
         started = 0
         while len(self._running) < self.max_in_flight:
-            job = await asyncio.to_thread(self.store.claim, lease_s=self.lease_s)
+            job = await asyncio.to_thread(self.store.claim, lease_s=self.settings.lease_seconds)
             if job is None:
                 break
             self._spawn(job.id, self._run(job))
             started += 1
         return started
 
+    async def housekeeping(self) -> None:
+        """End overdue jobs, delete expired ones, remove audio no job needs."""
+        for path in await asyncio.to_thread(self.store.expire_overdue):
+            Path(path).unlink(missing_ok=True)
+        hours = self.settings.job_retention_hours
+        if hours is not None:
+            purged = await asyncio.to_thread(
+                self.store.purge_finished, older_than=time.time() - hours * 3600
+            )
+            if purged:
+                logger.info("retention: deleted %d finished jobs", purged)
+        await asyncio.to_thread(self._remove_orphan_audio)
+
+    def _remove_orphan_audio(self) -> None:
+        folder = self.settings.upload_dir
+        if not folder.is_dir():
+            return
+        needed = self.store.audio_paths()
+        cutoff = time.time() - ORPHAN_AGE_S
+        for path in folder.iterdir():
+            try:
+                if str(path) not in needed and path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+            except OSError:
+                continue
+
     async def _loop(self) -> None:
+        last_housekeeping = 0.0
         while True:
             try:
+                if time.monotonic() - last_housekeeping >= self.housekeeping_interval_s:
+                    last_housekeeping = time.monotonic()
+                    await self.housekeeping()
                 await self.sweep()
             except Exception:
                 logger.exception("job sweep failed; retrying")
             await asyncio.sleep(self.sweep_interval_s)
 
     def _spawn(self, job_id: str, coro: Any) -> None:
-        if job_id in self._running:
-            coro.close()
-            return
+        # The sweep may claim a job whose fast-path task has not claimed it yet:
+        # the claim decides who runs it (the other finds nothing to claim), so
+        # the newer task takes the slot and must not be dropped.
         task = asyncio.create_task(coro)
         self._running[job_id] = task
-        task.add_done_callback(lambda _t: self._running.pop(job_id, None))
+
+        def _done(t: asyncio.Task[None]) -> None:
+            if self._running.get(job_id) is t:
+                del self._running[job_id]
+
+        task.add_done_callback(_done)
 
     async def _claim_and_run(self, job_id: str) -> None:
-        job = await asyncio.to_thread(self.store.claim, lease_s=self.lease_s, job_id=job_id)
+        job = await asyncio.to_thread(
+            self.store.claim, lease_s=self.settings.lease_seconds, job_id=job_id
+        )
         if job is not None:
             await self._run(job)
 
@@ -116,7 +165,10 @@ class Dispatcher:
                 await self._finish(job, error="the uploaded audio is gone", code="audio_missing")
                 return
             try:
-                reply = await self.client.transcribe(audio, job.options)
+                reply = await asyncio.wait_for(
+                    self.client.transcribe(audio, job.options),
+                    timeout=self.settings.attempt_timeout(job.duration),
+                )
             except asyncio.CancelledError:
                 await asyncio.to_thread(self.store.release, job.id, attempt=job.attempts)
                 raise
@@ -139,12 +191,12 @@ class Dispatcher:
 
     async def _failed_attempt(self, job: Job, exc: Exception) -> None:
         # Only the type: an exception's text may quote what it was given.
-        kind = type(exc).__name__
+        kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
         logger.warning("job %s attempt %d failed: %s", job.id, job.attempts, kind)
-        if job.attempts >= self.max_attempts:
+        if job.attempts >= self.settings.max_attempts:
             await self._finish(
                 job,
-                error=f"transcription failed {job.attempts} times ({kind}); "
+                error=f"transcription failed {job.attempts} times (last: {kind}); "
                 "the server logs have details under this job id",
                 code="transcription_failed",
             )
@@ -171,10 +223,11 @@ class Dispatcher:
             Path(job.audio_path).unlink(missing_ok=True)
 
     async def _heartbeat(self, job: Job) -> None:
+        lease = self.settings.lease_seconds
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            await asyncio.sleep(lease / 3)
             held = await asyncio.to_thread(
-                self.store.renew, job.id, attempt=job.attempts, lease_s=self.lease_s
+                self.store.renew, job.id, attempt=job.attempts, lease_s=lease
             )
             if not held:
                 return

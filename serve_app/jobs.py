@@ -11,9 +11,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, or_
+from sqlalchemy import Engine, UniqueConstraint, event, func, inspect, or_, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+
+class QueueFull(Exception):
+    """MAX_QUEUED_JOBS jobs are queued or running."""
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with another file."""
 
 
 class JobStatus(StrEnum):
@@ -25,10 +34,17 @@ class JobStatus(StrEnum):
 
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key"),)
 
     id: str = Field(primary_key=True)
+    owner: str = Field(default="", index=True)
+    """Fingerprint of the API key that created the job (never the key)."""
+    idempotency_key: str | None = None
+    audio_sha256: str | None = None
     status: JobStatus = Field(default=JobStatus.queued, index=True)
     created_at: float = Field(default_factory=time.time, index=True)
+    deadline_at: float | None = Field(default=None, index=True)
+    """After this the job ends in error, whatever it is doing."""
     started_at: float | None = None
     finished_at: float | None = None
     size_bytes: int = 0
@@ -95,6 +111,19 @@ class JobStore:
             self._writer = _sqlite_engine(path, immediate=True)
             self._reader = _sqlite_engine(path, immediate=False)
         SQLModel.metadata.create_all(self._writer)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database made by an older version up to this table (new columns only)."""
+        table = Job.__table__  # type: ignore[attr-defined]
+        with self._writer.begin() as conn:
+            present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=conn.dialect)
+                    conn.execute(
+                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                    )
 
     @contextmanager
     def _session(self, *, write: bool) -> Iterator[Session]:
@@ -113,21 +142,117 @@ class JobStore:
         self,
         *,
         job_id: str,
+        owner: str,
         size_bytes: int,
         duration: float | None,
         audio_path: str,
         options: dict[str, Any],
-    ) -> Job:
+        deadline_s: float,
+        max_active: int,
+        idempotency_key: str | None = None,
+        audio_sha256: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Insert a queued job; returns (job, created).
+
+        With an ``idempotency_key`` the owner used before, returns that job
+        (created False) when the audio is the same, or raises
+        IdempotencyConflict. Raises QueueFull when ``max_active`` jobs are
+        queued or running (counted in the same transaction as the insert).
+        """
+        now = time.time()
         job = Job(
             id=job_id,
+            owner=owner,
+            idempotency_key=idempotency_key,
+            audio_sha256=audio_sha256,
+            created_at=now,
+            deadline_at=now + deadline_s,
             size_bytes=size_bytes,
             duration=duration,
             audio_path=audio_path,
             options_json=json.dumps(options),
         )
+        try:
+            with self._session(write=True) as s:
+                previous = self._by_key(s, owner, idempotency_key)
+                if previous is not None:
+                    if previous.audio_sha256 != audio_sha256:
+                        raise IdempotencyConflict
+                    return previous, False
+                if self._count_active(s) >= max_active:
+                    raise QueueFull
+                s.add(job)
+        except IntegrityError:
+            # Another gateway inserted the same key between our read and write.
+            with self._session(write=False) as s:
+                previous = self._by_key(s, owner, idempotency_key)
+            if previous is None:
+                raise
+            if previous.audio_sha256 != audio_sha256:
+                raise IdempotencyConflict from None
+            return previous, False
+        return job, True
+
+    @staticmethod
+    def _by_key(s: Session, owner: str, key: str | None) -> Job | None:
+        if key is None:
+            return None
+        query = select(Job).where(Job.owner == owner, Job.idempotency_key == key)
+        return s.exec(query).first()
+
+    @staticmethod
+    def _count_active(s: Session) -> int:
+        active = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
+        return int(s.exec(select(func.count()).select_from(Job).where(active)).one())
+
+    def count_active(self) -> int:
+        with self._session(write=False) as s:
+            return self._count_active(s)
+
+    def find_by_key(self, owner: str, key: str) -> Job | None:
+        with self._session(write=False) as s:
+            return self._by_key(s, owner, key)
+
+    def delete(self, job_id: str) -> Job | None:
+        """Remove a job's record (its transcript with it); returns what was removed."""
         with self._session(write=True) as s:
-            s.add(job)
-        return job
+            job = s.get(Job, job_id)
+            if job is not None:
+                s.delete(job)
+            return job
+
+    def purge_finished(self, *, older_than: float) -> int:
+        """Delete jobs that ended before ``older_than`` (epoch seconds); returns how many."""
+        with self._session(write=True) as s:
+            ended = col(Job.status).in_([JobStatus.done, JobStatus.error])
+            jobs = list(s.exec(select(Job).where(ended, col(Job.finished_at) < older_than)))
+            for job in jobs:
+                s.delete(job)
+            return len(jobs)
+
+    def expire_overdue(self, *, now: float | None = None) -> list[str]:
+        """End in error every unfinished job past its deadline; returns their audio paths."""
+        now = time.time() if now is None else now
+        paths: list[str] = []
+        with self._session(write=True) as s:
+            unfinished = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
+            for job in s.exec(select(Job).where(unfinished, col(Job.deadline_at) < now)):
+                if job.audio_path:
+                    paths.append(job.audio_path)
+                job.status = JobStatus.error
+                job.error = "the job did not finish before its deadline; submit it again"
+                job.error_code = "deadline_exceeded"
+                job.finished_at = now
+                job.lease_until = None
+                job.audio_path = None
+                s.add(job)
+        return paths
+
+    def audio_paths(self) -> set[str]:
+        """Audio files that jobs still need."""
+        with self._session(write=False) as s:
+            query = select(Job.audio_path).where(col(Job.audio_path).is_not(None))
+            return {str(p) for p in s.exec(query)}
 
     def get(self, job_id: str) -> Job | None:
         with self._session(write=False) as s:

@@ -37,9 +37,7 @@ class StrictCORS(CORSMiddleware):
 def create_app(settings: Settings, client: TranscriberClient) -> FastAPI:
     """Build the HTTP app; the dispatcher runs while the app's lifespan does."""
     store = JobStore(settings.database_file if settings.use_sqlite else None)
-    dispatcher = Dispatcher(
-        store, client, lease_s=settings.lease_seconds, max_attempts=settings.max_attempts
-    )
+    dispatcher = Dispatcher(store, client, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

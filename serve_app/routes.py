@@ -5,17 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from serve_app.auth import require_api_key
+from serve_app.auth import OwnerDep, require_api_key
 from serve_app.deps import DispatcherDep, SettingsDep, StoreDep
+from serve_app.jobs import IdempotencyConflict, Job, JobStore, QueueFull
 from serve_app.schemas import ErrorBody, Health, JobAccepted, JobPublic
-from serve_app.uploads import check_declared_length, probe_duration, receive_upload
+from serve_app.settings import Settings
+from serve_app.uploads import (
+    check_declared_length,
+    probe_duration,
+    receive_upload,
+    too_long,
+)
 
 logger = logging.getLogger("ray.serve.whisper.routes")
+
+RETRY_AFTER_S = 10
 
 health_router = APIRouter()
 jobs_router = APIRouter(
@@ -49,23 +59,50 @@ async def health(settings: SettingsDep) -> Health:
     return Health(model=settings.whisper_model)
 
 
+def _queue_full(settings: Settings) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        f"the server has {settings.max_queued_jobs} jobs queued or running (MAX_QUEUED_JOBS); "
+        f"retry after {RETRY_AFTER_S} s",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 @jobs_router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
     openapi_extra=_MULTIPART_BODY,
     responses={
+        200: {"model": JobAccepted, "description": "Idempotency-Key replay: the earlier job"},
         400: {"model": ErrorBody},
-        413: {"model": ErrorBody, "description": "file over MAX_FILE_SIZE_MB"},
+        409: {"model": ErrorBody, "description": "Idempotency-Key used with another file"},
+        413: {"model": ErrorBody, "description": "over MAX_FILE_SIZE_MB or MAX_AUDIO_SECONDS"},
         415: {"model": ErrorBody, "description": "not multipart, or not audio"},
+        429: {"model": ErrorBody, "description": "MAX_QUEUED_JOBS reached; see Retry-After"},
     },
 )
 async def submit_job(
-    request: Request, settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep
+    request: Request,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    dispatcher: DispatcherDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="the same key and file return the same job; another file is 409",
+        ),
+    ] = None,
 ) -> JSONResponse:
     """Store the audio and queue a job; answers before any transcription."""
     limit = settings.max_file_bytes
     check_declared_length(request.headers.get("content-length"), limit)
+    if idempotency_key is None and await asyncio.to_thread(store.count_active) >= (
+        settings.max_queued_jobs
+    ):
+        raise _queue_full(settings)
     job_id = str(uuid.uuid4())
     settings.upload_dir.mkdir(parents=True, exist_ok=True)
     dest = settings.upload_dir / f"{job_id}.audio"
@@ -74,17 +111,40 @@ async def submit_job(
     )
     try:
         duration = await asyncio.to_thread(probe_duration, dest)
-        await asyncio.to_thread(
+        if duration is not None and duration > settings.max_audio_seconds:
+            raise too_long(duration, settings.max_audio_seconds)
+        job, created = await asyncio.to_thread(
             store.create,
             job_id=job_id,
+            owner=owner,
             size_bytes=upload.size,
             duration=duration,
             audio_path=str(dest),
             options={},
+            deadline_s=settings.job_deadline(duration),
+            max_active=settings.max_queued_jobs,
+            idempotency_key=idempotency_key,
+            audio_sha256=upload.sha256,
         )
+    except QueueFull:
+        dest.unlink(missing_ok=True)
+        raise _queue_full(settings) from None
+    except IdempotencyConflict:
+        dest.unlink(missing_ok=True)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            "this Idempotency-Key was used with another file: use a new key for new audio",
+        ) from None
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
+    if not created:
+        dest.unlink(missing_ok=True)
+        return JSONResponse(
+            JobAccepted(job_id=job.id, status=job.status).model_dump(mode="json"),
+            status_code=status.HTTP_200_OK,
+            headers={"Location": f"/transcribe/{job.id}", "Idempotent-Replayed": "true"},
+        )
     dispatcher.submit(job_id)
     logger.info(
         "job %s queued: %d bytes, %s s of audio",
@@ -105,9 +165,32 @@ async def submit_job(
     response_model_exclude_none=True,
     responses={404: {"model": ErrorBody}},
 )
-async def get_job(job_id: str, store: StoreDep) -> JobPublic:
+async def get_job(job_id: str, owner: OwnerDep, store: StoreDep) -> JobPublic:
     """The job's status; with ``done``, its ``text`` and ``segments``; with ``error``, ``error``."""
+    return JobPublic.from_job(await _own_job(store, job_id, owner))
+
+
+@jobs_router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: {"model": ErrorBody}},
+)
+async def delete_job(
+    job_id: str, owner: OwnerDep, store: StoreDep, dispatcher: DispatcherDep
+) -> Response:
+    """Remove the job, its audio and its transcript; a running job is cancelled."""
+    await _own_job(store, job_id, owner)
+    job = await asyncio.to_thread(store.delete, job_id)
+    dispatcher.cancel(job_id)
+    if job is not None and job.audio_path:
+        Path(job.audio_path).unlink(missing_ok=True)
+    logger.info("job %s deleted", job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _own_job(store: JobStore, job_id: str, owner: str) -> Job:
+    """The caller's job; another key's job is as unknown as a missing one."""
     job = await asyncio.to_thread(store.get, job_id)
-    if job is None:
+    if job is None or job.owner != owner:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}")
-    return JobPublic.from_job(job)
+    return job

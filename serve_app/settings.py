@@ -15,7 +15,7 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     whisper_api_key: SecretStr | None = None
     """Bearer token(s) clients must send; comma-separated for several."""
@@ -50,10 +50,28 @@ class Settings(BaseSettings):
     whisper_cpu_threads: int = Field(default=0, ge=0)
     """Threads per Whisper replica on CPU; 0 uses every core."""
 
-    max_attempts: int = Field(default=3, ge=1)
-    """Tries per job before it ends in error (a replica that died, an engine crash)."""
+    max_audio_seconds: float = Field(default=2 * 3600, gt=0)
+    """Longest audio accepted, in seconds; longer files are refused at submit."""
 
-    lease_seconds: float = Field(default=60, gt=0)
+    max_queued_jobs: int = Field(default=1000, ge=1)
+    """Jobs queued or running at once; past it a submit gets 429 with Retry-After."""
+
+    job_retention_hours: float | None = Field(default=None, gt=0)
+    """Finished jobs and transcripts are deleted this long after they end; unset keeps them."""
+
+    max_attempts: int = Field(default=3, ge=1)
+    """Tries per job before it ends in error (a replica that died, an engine crash, a timeout)."""
+
+    attempt_timeout_base_s: float = Field(default=120, gt=0)
+    """One try of a job may take this long plus ATTEMPT_TIMEOUT_PER_AUDIO_S per second of audio."""
+
+    attempt_timeout_per_audio_s: float = Field(default=2.0, ge=0)
+    """Seconds allowed per second of audio, on top of ATTEMPT_TIMEOUT_BASE_S."""
+
+    queue_timeout_s: float = Field(default=3600, gt=0)
+    """Time a job may wait in the queue, on top of its tries, before it ends in error."""
+
+    lease_seconds: float = Field(default=20, gt=0)
     """How long a claimed job is held without a heartbeat before another gateway may retry it."""
 
     @field_validator("allowed_origins", mode="before")
@@ -91,6 +109,15 @@ class Settings(BaseSettings):
     @property
     def model_cache_dir(self) -> Path:
         return (self.data_dir / "models").resolve()
+
+    def attempt_timeout(self, audio_seconds: float | None) -> float:
+        """How long one try of a job with this much audio may take."""
+        audio = audio_seconds if audio_seconds is not None else self.max_audio_seconds
+        return self.attempt_timeout_base_s + self.attempt_timeout_per_audio_s * audio
+
+    def job_deadline(self, audio_seconds: float | None) -> float:
+        """Seconds after submission by which a job has ended, one way or the other."""
+        return self.queue_timeout_s + self.max_attempts * self.attempt_timeout(audio_seconds)
 
     @property
     def max_file_bytes(self) -> int:

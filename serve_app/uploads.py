@@ -6,10 +6,11 @@ body is parsed as it arrives and cut off at the limit.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import av
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -36,6 +37,11 @@ class Upload:
     size: int = 0
     filename: str | None = None
     fields: dict[str, str] = field(default_factory=dict)
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    @property
+    def sha256(self) -> str:
+        return str(self.digest.hexdigest())
 
 
 def _mb(n: int) -> str:
@@ -105,6 +111,7 @@ class _FormWriter:
             if self.upload.size > self.limit:
                 raise too_large(self.limit)
             self._out.write(data[start:end])
+            self.upload.digest.update(data[start:end])
         else:
             self._value += data[start:end]
             if len(self._value) > MAX_FIELD_BYTES:
@@ -161,6 +168,14 @@ async def receive_upload(
         dest.unlink(missing_ok=True)
         raise UploadError(400, f"the multipart body could not be parsed: {exc}") from exc
     return upload
+
+
+def too_long(duration: float, limit: float) -> UploadError:
+    return UploadError(
+        413,
+        f"the audio lasts {duration:.0f} s; the limit is {limit:.0f} s (MAX_AUDIO_SECONDS): "
+        "split it or ask the operator to raise the limit",
+    )
 
 
 def probe_duration(path: Path) -> float | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,3 +246,118 @@ def test_jobs_survive_a_new_app_on_the_same_database(tmp_path: Path) -> None:
     with TestClient(create_app(make_settings(tmp_path), LocalClient())) as c:
         again = c.get(f"/transcribe/{job['job_id']}", headers=AUTH).json()
     assert again == first
+
+
+class Hanging(LocalClient):
+    """An engine that never answers."""
+
+    async def transcribe(self, audio: bytes, options: dict) -> dict:
+        self.calls += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def uploads(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "uploads"
+    return list(folder.iterdir()) if folder.exists() else []
+
+
+def test_idempotency_key_replays_the_same_job(client: TestClient, tmp_path: Path) -> None:
+    audio = JFK.read_bytes()
+    headers = {**AUTH, "Idempotency-Key": "order-42"}
+    first = client.post("/transcribe", headers=headers, files={"file": ("a.flac", audio)})
+    again = client.post("/transcribe", headers=headers, files={"file": ("b.flac", audio)})
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    other = client.post("/transcribe", headers=headers, files={"file": ("c.flac", audio + b"\0")})
+    assert other.status_code == 409 and "Idempotency-Key" in other.json()["detail"]
+    wait_done(client, first.json()["job_id"])
+    assert uploads(tmp_path) == []
+
+
+def test_a_job_belongs_to_the_key_that_made_it(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, whisper_api_key="k1,k2"), LocalClient())
+    k1, k2 = ({"Authorization": f"Bearer {k}"} for k in ("k1", "k2"))
+    with TestClient(app) as c:
+        job_id = c.post("/transcribe", headers=k1, files={"file": ("a", JFK.read_bytes())}).json()[
+            "job_id"
+        ]
+        assert c.get(f"/transcribe/{job_id}", headers=k2).status_code == 404
+        assert c.delete(f"/transcribe/{job_id}", headers=k2).status_code == 404
+        assert c.get(f"/transcribe/{job_id}", headers=k1).status_code == 200
+    with sqlite3.connect(tmp_path / "whisper-jobs.db") as db:
+        dump = "\n".join(db.iterdump())
+    assert "k1" not in dump.replace(job_id, "")
+
+
+def test_delete_cancels_and_removes_everything(tmp_path: Path) -> None:
+    hanging = Hanging()
+    with TestClient(create_app(make_settings(tmp_path), hanging)) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        deadline = time.monotonic() + 5
+        while hanging.calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.get(f"/transcribe/{job_id}", headers=AUTH).json()["status"] == "processing"
+        r = c.delete(f"/transcribe/{job_id}", headers=AUTH)
+        assert r.status_code == 204
+        assert c.get(f"/transcribe/{job_id}", headers=AUTH).status_code == 404
+        assert c.delete(f"/transcribe/{job_id}", headers=AUTH).status_code == 404
+        assert uploads(tmp_path) == []
+
+
+def test_queue_full_is_429_and_leaves_nothing(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, max_queued_jobs=2), Hanging())
+    with TestClient(app) as c:
+        submit(c, JFK.read_bytes())
+        submit(c, JFK.read_bytes())
+        r = c.post("/transcribe", headers=AUTH, files={"file": ("a.flac", JFK.read_bytes())})
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) > 0
+        assert "MAX_QUEUED_JOBS" in r.json()["detail"]
+        assert len(uploads(tmp_path)) == 2
+        assert app.state.store.count_active() == 2
+
+
+def test_audio_over_max_seconds_is_refused_at_submit(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, max_audio_seconds=5), LocalClient())) as c:
+        r = c.post("/transcribe", headers=AUTH, files={"file": ("a.flac", JFK.read_bytes())})
+    assert r.status_code == 413
+    assert "11 s" in r.json()["detail"] and "5 s (MAX_AUDIO_SECONDS)" in r.json()["detail"]
+    assert uploads(tmp_path) == []
+
+
+def test_a_hung_engine_times_out_and_the_job_ends(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, attempt_timeout_base_s=0.2, attempt_timeout_per_audio_s=0, max_attempts=2
+    )
+    hanging = Hanging()
+    app = create_app(settings, hanging)
+    app.state.dispatcher.sweep_interval_s = 0.05
+    with TestClient(app) as c:
+        done = wait_done(c, submit(c, JFK.read_bytes())["job_id"])
+    assert done["status"] == "error" and done["error_code"] == "transcription_failed"
+    assert "timeout" in done["error"] and hanging.calls == 2
+
+
+def test_retention_deletes_finished_jobs(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, job_retention_hours=0.5 / 3600), LocalClient())
+    app.state.dispatcher.sweep_interval_s = 0.05
+    app.state.dispatcher.housekeeping_interval_s = 0.1
+    with TestClient(app) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        wait_done(c, job_id)
+        deadline = time.monotonic() + 10
+        while c.get(f"/transcribe/{job_id}", headers=AUTH).status_code != 404:
+            assert time.monotonic() < deadline, "finished job was not deleted"
+            time.sleep(0.1)
+
+
+def test_fast_path_and_sweep_racing_for_a_job_still_run_it(tmp_path: Path) -> None:
+    """A job the sweep claims before the submit's own task does is run, not dropped."""
+    app = create_app(make_settings(tmp_path), LocalClient())
+    dispatcher = app.state.dispatcher
+    dispatcher.sweep_interval_s = 0.001  # sweep as often as possible to provoke the race
+    with TestClient(app) as c:
+        ids = [submit(c, JFK.read_bytes())["job_id"] for _ in range(20)]
+        assert all(wait_done(c, job_id, timeout=5)["attempts"] == 1 for job_id in ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -94,3 +95,20 @@ def test_unknown_model_name_is_refused(tmp_path: Path) -> None:
 def test_folder_without_weights_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelNotAvailable, match=r"model\.bin"):
         resolve_model(str(tmp_path), cache_dir=tmp_path)
+
+
+def test_a_bad_chunk_fails_alone_in_a_batch(engine: WhisperEngine) -> None:
+    good = engine.prepare(JFK.read_bytes(), TranscribeOptions())
+    broken = dataclasses.replace(good.chunks[0], features=np.zeros((3, 3000), dtype=np.float32))
+    results = engine.run_batch([good.chunks[0], broken, good.chunks[0]])
+    assert results[1].error is not None and "decoding failed" in results[1].error
+    for ok in (results[0], results[2]):
+        assert ok.error is None
+        assert "ask not what your country" in words(" ".join(s.text for s in ok.segments))
+
+
+def test_decoding_stops_at_max_audio_seconds() -> None:
+    capped = WhisperEngine(EngineConfig(model="tiny.en", cpu_threads=2, max_audio_seconds=30))
+    with pytest.raises(AudioError, match=r"longer than 30 s \(MAX_AUDIO_SECONDS\)"):
+        capped.prepare(long_jfk(), TranscribeOptions())
+    assert capped.prepare(JFK.read_bytes(), TranscribeOptions()).chunks

@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
-from serve_app.jobs import JobStatus, JobStore
+import pytest
+
+from serve_app.jobs import IdempotencyConflict, Job, JobStatus, JobStore, QueueFull
 
 
-def add(store: JobStore, job_id: str) -> None:
-    store.create(job_id=job_id, size_bytes=1, duration=1.0, audio_path="/x", options={})
+def add(
+    store: JobStore,
+    job_id: str,
+    *,
+    owner: str = "o1",
+    key: str | None = None,
+    sha: str = "h1",
+    max_active: int = 10_000,
+    deadline_s: float = 3600,
+) -> tuple[Job, bool]:
+    return store.create(
+        job_id=job_id,
+        owner=owner,
+        size_bytes=1,
+        duration=1.0,
+        audio_path=f"/x/{job_id}",
+        options={},
+        deadline_s=deadline_s,
+        max_active=max_active,
+        idempotency_key=key,
+        audio_sha256=sha,
+    )
 
 
 def test_claim_takes_oldest_queued_once(tmp_path: Path) -> None:
@@ -91,3 +114,74 @@ def test_memory_store_works_without_a_file(tmp_path: Path) -> None:
     got = store.get("a")
     assert got is not None and got.status == JobStatus.error and got.error_code == "invalid_audio"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_idempotency_key_returns_the_same_job_per_owner(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    _first, created = add(store, "a", key="k")
+    again, created_again = add(store, "b", key="k")
+    assert created and not created_again and again.id == "a"
+    with pytest.raises(IdempotencyConflict):
+        add(store, "c", key="k", sha="other-file")
+    # Keys are per owner: another client's "k" is its own job.
+    other, created_other = add(store, "d", key="k", owner="o2")
+    assert created_other and other.id == "d"
+    assert store.get("b") is None and store.get("c") is None
+
+
+def test_queue_full_is_refused_without_a_row(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    add(store, "a", max_active=2)
+    add(store, "b", max_active=2)
+    with pytest.raises(QueueFull):
+        add(store, "c", max_active=2)
+    assert store.get("c") is None
+    job = store.claim(lease_s=60)
+    assert job is not None
+    store.finish(job.id, attempt=job.attempts, result={})
+    add(store, "c", max_active=2)
+
+
+def test_delete_and_retention(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    add(store, "a")
+    add(store, "b")
+    removed = store.delete("a")
+    assert removed is not None and removed.audio_path == "/x/a"
+    assert store.get("a") is None
+    job = store.claim(lease_s=60)
+    assert job is not None
+    store.finish("b", attempt=job.attempts, result={})
+    assert store.purge_finished(older_than=time.time() - 60) == 0
+    assert store.purge_finished(older_than=time.time() + 1) == 1
+    assert store.get("b") is None
+
+
+def test_overdue_jobs_end_in_error(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    add(store, "late", deadline_s=10)
+    add(store, "fine", deadline_s=1000)
+    assert store.expire_overdue(now=time.time() + 100) == ["/x/late"]
+    late, fine = store.get("late"), store.get("fine")
+    assert late is not None and late.status == JobStatus.error
+    assert late.error_code == "deadline_exceeded"
+    assert fine is not None and fine.status == JobStatus.queued
+
+
+def test_a_database_from_an_older_version_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE jobs (id VARCHAR PRIMARY KEY, status VARCHAR, created_at FLOAT,"
+            " started_at FLOAT, finished_at FLOAT, size_bytes INTEGER, duration FLOAT,"
+            " audio_path VARCHAR, options_json VARCHAR, attempts INTEGER, lease_until FLOAT,"
+            " result_json VARCHAR, error VARCHAR, error_code VARCHAR)"
+        )
+        db.execute(
+            "INSERT INTO jobs VALUES ('old', 'done', 1.0, 1.0, 2.0, 10, 1.0, NULL, '{}', 1,"
+            ' NULL, \'{"text": "hi"}\', NULL, NULL)'
+        )
+    store = JobStore(path)
+    old = store.get("old")
+    assert old is not None and old.result == {"text": "hi"} and old.owner in ("", None)
+    add(store, "new")
