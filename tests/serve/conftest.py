@@ -18,6 +18,7 @@ ROOT = Path(__file__).parents[2]
 PORT = 8000
 KEY = "serve-test-key-7f3a9c"
 ORIGIN = "https://app.pilotys.example"
+MAX_QUEUED_JOBS = 16
 
 
 def _port_taken() -> bool:
@@ -41,6 +42,7 @@ class Server:
             "DATA_DIR": str(workdir / "data"),
             "DB_PATH": str(workdir / "db" / "whisper-jobs.db"),
             "WHISPER_CPU_THREADS": "2",
+            "MAX_QUEUED_JOBS": str(MAX_QUEUED_JOBS),
         }
 
     def start(self, timeout: float = 240) -> None:
@@ -84,6 +86,15 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
         # Ray's proxy lets go of the port a moment after `serve run` exits.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _port_taken():
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL the whole server: serve run, Ray and every replica, no cleanup."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and _port_taken():
             time.sleep(0.5)
