@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -62,6 +63,8 @@ class Dispatcher:
         self.housekeeping_interval_s = housekeeping_interval_s
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        # Set (and replaced) whenever this gateway ends a job: wakes long polls.
+        self._job_ended = asyncio.Event()
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop())
@@ -85,6 +88,15 @@ class Dispatcher:
         task = self._running.get(job_id)
         if task is not None:
             task.cancel()
+
+    async def wait_any_end(self, timeout: float) -> None:
+        """Return when this gateway ends some job, or after ``timeout``; the caller re-reads.
+
+        Jobs that another gateway replica runs are not signalled here: the
+        caller's re-read every ``timeout`` covers them.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._job_ended.wait(), timeout)
 
     async def sweep(self) -> int:
         """Start as many waiting jobs as there is room for; return how many."""
@@ -221,6 +233,8 @@ class Dispatcher:
         )
         if ended is not None and job.audio_path:
             Path(job.audio_path).unlink(missing_ok=True)
+        ended_event, self._job_ended = self._job_ended, asyncio.Event()
+        ended_event.set()
 
     async def _heartbeat(self, job: Job) -> None:
         lease = self.settings.lease_seconds

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from serve_app.auth import OwnerDep, require_api_key
 from serve_app.deps import DispatcherDep, SettingsDep, StoreDep
-from serve_app.jobs import IdempotencyConflict, Job, JobStore, QueueFull
+from serve_app.jobs import IdempotencyConflict, Job, JobStatus, JobStore, QueueFull
 from serve_app.schemas import ErrorBody, Health, JobAccepted, JobPublic
 from serve_app.settings import Settings
 from serve_app.uploads import (
@@ -26,6 +27,9 @@ from serve_app.uploads import (
 logger = logging.getLogger("ray.serve.whisper.routes")
 
 RETRY_AFTER_S = 10
+MAX_WAIT_S = 60
+# A long poll re-reads the job this often, for jobs another gateway replica ends.
+WAIT_RECHECK_S = 0.25
 
 health_router = APIRouter()
 jobs_router = APIRouter(
@@ -165,9 +169,33 @@ async def submit_job(
     response_model_exclude_none=True,
     responses={404: {"model": ErrorBody}},
 )
-async def get_job(job_id: str, owner: OwnerDep, store: StoreDep) -> JobPublic:
-    """The job's status; with ``done``, its ``text`` and ``segments``; with ``error``, ``error``."""
-    return JobPublic.from_job(await _own_job(store, job_id, owner))
+async def get_job(
+    job_id: str,
+    owner: OwnerDep,
+    store: StoreDep,
+    dispatcher: DispatcherDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="seconds to wait for the job to end before answering (long poll)",
+        ),
+    ] = 0,
+) -> JobPublic:
+    """The job's status; with ``done``, its ``text`` and ``segments``; with ``error``, ``error``.
+
+    With ``wait=N`` the answer comes as soon as the job ends, or after N seconds.
+    """
+    job = await _own_job(store, job_id, owner)
+    deadline = time.monotonic() + wait
+    while job.status not in (JobStatus.done, JobStatus.error):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        await dispatcher.wait_any_end(min(left, WAIT_RECHECK_S))
+        job = await _own_job(store, job_id, owner)
+    return JobPublic.from_job(job)
 
 
 @jobs_router.delete(

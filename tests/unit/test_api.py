@@ -361,3 +361,26 @@ def test_fast_path_and_sweep_racing_for_a_job_still_run_it(tmp_path: Path) -> No
     with TestClient(app) as c:
         ids = [submit(c, JFK.read_bytes())["job_id"] for _ in range(20)]
         assert all(wait_done(c, job_id, timeout=5)["attempts"] == 1 for job_id in ids)
+
+
+def test_long_poll_answers_when_the_job_ends(tmp_path: Path) -> None:
+    class Slow(LocalClient):
+        async def transcribe(self, audio: bytes, options: dict) -> dict:
+            await asyncio.sleep(0.5)
+            return await super().transcribe(audio, options)
+
+    with TestClient(create_app(make_settings(tmp_path), Slow())) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        begin = time.monotonic()
+        body = c.get(f"/transcribe/{job_id}?wait=20", headers=AUTH).json()
+        took = time.monotonic() - begin
+        assert body["status"] == "done" and took < 5
+    # An unfinished job is answered when the wait runs out.
+    with TestClient(create_app(make_settings(tmp_path / "h"), Hanging())) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        begin = time.monotonic()
+        body = c.get(f"/transcribe/{job_id}?wait=0.6", headers=AUTH).json()
+        assert body["status"] in ("queued", "processing")
+        assert 0.5 < time.monotonic() - begin < 3
+        too_long = c.get(f"/transcribe/{job_id}?wait=61", headers=AUTH)
+        assert too_long.status_code == 422
