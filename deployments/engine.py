@@ -1,135 +1,44 @@
-"""The transcription engine: plain Python, no Ray.
+"""The faster-whisper engine: plain Python, no Ray.
 
 A job goes through three steps so that a deployment can batch the middle one
-across jobs: ``prepare`` (decode, VAD, cut into <= 30 s chunks, features),
-``run_batch`` (one encoder/decoder pass over chunks of any jobs) and
-``assemble`` (put a job's chunk results back on its own timeline).
+across jobs: ``prepare`` (decode, VAD, cut into <= 30 s chunks), ``run_batch``
+(pack short jobs into shared windows, one encoder/decoder pass over windows of
+any jobs) and ``assemble`` (put a job's results back on its own timeline).
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol
+from typing import Any
 
 import numpy as np
+from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 
-from deployments.audio import SAMPLE_RATE, AudioTooLong, SpeechLayout, decode, split_speech
+from deployments.audio import AudioTooLong, decode, split_speech
+from deployments.interface import (
+    AudioError,
+    Chunk,
+    ChunkResult,
+    EngineConfig,
+    PreparedAudio,
+    Segment,
+    Task,
+    TranscribeOptions,
+)
+from deployments.packing import Packing, Window, plan_windows, split_words
 
 logger = logging.getLogger("ray.serve.whisper.engine")
 
-Task = Literal["transcribe", "translate"]
-
-
-@dataclass(frozen=True)
-class TranscribeOptions:
-    """Per-job decoding options."""
-
-    language: str | None = None
-    task: Task = "transcribe"
-    initial_prompt: str | None = None
-    vad_filter: bool = True
-    beam_size: int = 5
-
-
-@dataclass
-class Chunk:
-    """One window of at most 30 s of one job, ready for the encoder."""
-
-    features: np.ndarray
-    offset: float
-    duration: float
-    prompt: list[int]
-    language: str
-    task: Task
-    beam_size: int
-
-
-@dataclass
-class Segment:
-    id: int
-    start: float
-    end: float
-    text: str
-
-
-@dataclass
-class ChunkResult:
-    """What one chunk decoded to; ``error`` is set instead when it failed alone."""
-
-    segments: list[Segment] = field(default_factory=list)
-    error: str | None = None
-
-
-@dataclass
-class PreparedAudio:
-    chunks: list[Chunk]
-    layout: SpeechLayout
-    language: str
-
-
-@dataclass
-class Transcript:
-    text: str
-    segments: list[Segment]
-    language: str
-    duration: float
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-class AudioError(ValueError):
-    """The input cannot be transcribed; retrying will not help."""
-
-
-class Engine(Protocol):
-    """What a deployment needs from an engine."""
-
-    def prepare(self, audio: bytes, options: TranscribeOptions) -> PreparedAudio: ...
-
-    def run_batch(self, chunks: Sequence[Chunk]) -> list[ChunkResult]: ...
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How to load the model; resolved by the app builder, used on the replica."""
-
-    model: str = "tiny.en"
-    device: Literal["cpu", "cuda"] = "cpu"
-    compute_type: str = "auto"
-    cpu_threads: int = 0
-    cache_dir: str = "data/models"
-    max_audio_seconds: float | None = None
-
-
-def assemble(prepared: PreparedAudio, results: Sequence[ChunkResult]) -> Transcript:
-    """Join a job's chunk results, in order, on the original audio's timeline."""
-    for result in results:
-        if result.error is not None:
-            raise AudioError(result.error)
-    segments: list[Segment] = []
-    for result in results:
-        for seg in result.segments:
-            segments.append(
-                Segment(
-                    id=len(segments),
-                    start=prepared.layout.original_time(seg.start),
-                    end=prepared.layout.original_time(seg.end, is_end=True),
-                    text=seg.text,
-                )
-            )
-    text = "".join(seg.text for seg in segments).strip()
-    return Transcript(
-        text=text,
-        segments=segments,
-        language=prepared.language,
-        duration=round(prepared.layout.duration, 3),
-    )
+# faster-whisper's own defaults for attaching punctuation to words.
+_PUNCTUATION = {
+    name: inspect.signature(WhisperModel.transcribe).parameters[name].default
+    for name in ("prepend_punctuations", "append_punctuations")
+}
 
 
 class WhisperEngine:
@@ -137,16 +46,17 @@ class WhisperEngine:
 
     faster-whisper's ``BatchedInferencePipeline`` batches the chunks of one file
     under one prompt. CTranslate2's ``generate`` takes one prompt per item, so
-    here each chunk carries its own (language, task, initial prompt) and chunks
-    from many jobs share one encoder pass and one decoder call.
+    here each window carries its own (language, task, initial prompt) and
+    windows of many jobs share one encoder pass and one decoder call. Short
+    jobs of one owner with the same options are packed into shared windows
+    (deployments/packing.py).
     """
 
     def __init__(self, config: EngineConfig) -> None:
-        from faster_whisper import WhisperModel
-
         from deployments.models import resolve_model
 
         self.max_audio_seconds = config.max_audio_seconds
+        self.packing = Packing()
         path = resolve_model(config.model, cache_dir=config.cache_dir)
         compute_type = config.compute_type
         if compute_type == "auto":
@@ -171,6 +81,9 @@ class WhisperEngine:
 
         return Tokenizer(self.model.hf_tokenizer, self.multilingual, task=task, language=language)
 
+    def set_packing(self, packing: Packing) -> None:
+        self.packing = packing
+
     def prepare(self, audio: bytes, options: TranscribeOptions) -> PreparedAudio:
         try:
             samples = decode(io.BytesIO(audio), max_seconds=self.max_audio_seconds)
@@ -179,9 +92,7 @@ class WhisperEngine:
         except Exception as exc:  # PyAV raises many types for bad input
             raise AudioError(f"could not decode the audio: {exc}") from exc
         layout, pieces = split_speech(samples, vad_filter=options.vad_filter)
-        extractor = self.model.feature_extractor
-        features = [extractor(piece)[..., :-1] for piece in pieces]
-        language = self._language(options.language, features)
+        language = self._language(options.language, pieces)
         if not self.multilingual and options.task == "translate":
             raise AudioError("this model is English-only and cannot translate")
         tokenizer = self._tokenizer(language, options.task)
@@ -191,19 +102,20 @@ class WhisperEngine:
         prompt = self.model.get_prompt(tokenizer, previous_tokens=previous)
         chunks = [
             Chunk(
-                features=pad_or_trim(feat),
+                samples=piece,
                 offset=offset,
                 duration=duration,
                 prompt=prompt,
                 language=language,
                 task=options.task,
                 beam_size=options.beam_size,
+                packable=len(pieces) == 1,
             )
-            for feat, (offset, duration) in zip(features, layout.windows, strict=True)
+            for piece, (offset, duration) in zip(pieces, layout.windows, strict=True)
         ]
         return PreparedAudio(chunks=chunks, layout=layout, language=language)
 
-    def _language(self, requested: str | None, features: list[np.ndarray]) -> str:
+    def _language(self, requested: str | None, pieces: list[np.ndarray]) -> str:
         if not self.multilingual:
             if requested not in (None, "en"):
                 raise AudioError(
@@ -214,48 +126,81 @@ class WhisperEngine:
             if requested not in self.model.supported_languages:
                 raise AudioError(f"unknown language code {requested!r}")
             return requested
-        if not features:
+        if not pieces:
             return "en"
-        language, _prob, _all = self.model.detect_language(
-            features=np.concatenate(features, axis=1)
-        )
+        language, _prob, _all = self.model.detect_language(features=self._features(pieces[0]))
         return str(language)
 
+    def _features(self, samples: np.ndarray) -> np.ndarray:
+        return np.asarray(pad_or_trim(self.model.feature_extractor(samples)[..., :-1]))
+
     def run_batch(self, chunks: Sequence[Chunk]) -> list[ChunkResult]:
-        """Decode chunks of any jobs; a failure marks its own items only."""
+        """Decode chunks of any jobs; a failure marks its own chunks only."""
         results: list[ChunkResult] = [ChunkResult() for _ in chunks]
-        by_beam: dict[int, list[int]] = {}
-        for i, chunk in enumerate(chunks):
-            by_beam.setdefault(chunk.beam_size, []).append(i)
-        for beam_size, indexes in by_beam.items():
-            try:
-                decoded = self._generate([chunks[i] for i in indexes], beam_size)
-            except Exception as exc:
-                logger.warning(
-                    "batch of %d chunks failed (%s); decoding them one by one",
-                    len(indexes),
-                    type(exc).__name__,
-                )
-                for i in indexes:
-                    results[i] = self._decode_alone(chunks[i])
-                continue
-            for i, segments in zip(indexes, decoded, strict=True):
-                results[i] = ChunkResult(segments=segments)
+        windows = plan_windows(chunks, self.packing)
+        if len(windows) < len(chunks):
+            logger.info("packed %d chunks into %d windows", len(chunks), len(windows))
+        cut_short = self._run_windows(windows, chunks, results)
+        if cut_short:
+            # Whisper stopped before the end of a packed window: decode the
+            # clips it did not reach alone, as a sequential pass would go on.
+            logger.info("decoding %d packed chunks again alone", len(cut_short))
+            self._run_windows([Window.of(i, chunks[i]) for i in cut_short], chunks, results)
         return results
 
-    def _decode_alone(self, chunk: Chunk) -> ChunkResult:
-        """Decode one chunk by itself, so that a bad one fails only its own job."""
-        try:
-            return ChunkResult(segments=self._generate([chunk], chunk.beam_size)[0])
-        except Exception as exc:
-            return ChunkResult(error=f"decoding failed ({type(exc).__name__})")
+    def _run_windows(
+        self, windows: list[Window], chunks: Sequence[Chunk], results: list[ChunkResult]
+    ) -> list[int]:
+        """Decode windows into ``results``; return members a packed window did not reach."""
+        # Packed windows need word alignment, which takes one tokenizer per call.
+        groups: dict[tuple[int, bool, str, str], list[Window]] = {}
+        unreached: list[int] = []
+        for window in windows:
+            c = chunks[window.members[0]]
+            key = (
+                (c.beam_size, True, c.language, c.task)
+                if window.packed
+                else (c.beam_size, False, "", "")
+            )
+            groups.setdefault(key, []).append(window)
+        for (beam, packed, _lang, _task), windows in groups.items():
+            try:
+                decoded = self._decode(windows, chunks, beam, packed)
+            except Exception as exc:
+                logger.warning(
+                    "batch of %d windows failed (%s); decoding them one by one",
+                    len(windows),
+                    type(exc).__name__,
+                )
+                decoded = {}
+                for window in windows:
+                    try:
+                        decoded |= self._decode([window], chunks, beam, packed)
+                    except Exception as alone:
+                        for member in window.members:
+                            results[member] = ChunkResult(
+                                error=f"decoding failed ({type(alone).__name__})"
+                            )
+            for member, segments in decoded.items():
+                results[member] = ChunkResult(segments=segments)
+            unreached += [
+                m
+                for w in windows
+                for m in w.members
+                if m not in decoded and results[m].error is None
+            ]
+        return unreached
 
-    def _generate(self, chunks: Sequence[Chunk], beam_size: int) -> list[list[Segment]]:
+    def _decode(
+        self, windows: list[Window], chunks: Sequence[Chunk], beam_size: int, packed: bool
+    ) -> dict[int, list[Segment]]:
+        """One encode and one generate over ``windows``; segments per member chunk."""
         model = self.model
-        encoder_output = model.encode(np.stack([c.features for c in chunks]))
+        first = [chunks[w.members[0]] for w in windows]
+        encoder_output = model.encode(np.stack([self._features(w.samples) for w in windows]))
         results = model.model.generate(
             encoder_output,
-            [c.prompt for c in chunks],
+            [c.prompt for c in first],
             beam_size=beam_size,
             max_length=model.max_length,
             suppress_blank=True,
@@ -263,43 +208,67 @@ class WhisperEngine:
             return_scores=True,
             return_no_speech_prob=True,
         )
-        out: list[list[Segment]] = []
-        for chunk, result in zip(chunks, results, strict=True):
+        per_window: list[list[dict[str, Any]]] = []
+        for window, chunk, result in zip(windows, first, results, strict=True):
             tokenizer = self._tokenizer(chunk.language, chunk.task)
+            offset = 0.0 if packed else chunk.offset
             pieces, _seek, _single = model._split_segments_by_timestamps(
                 tokenizer=tokenizer,
                 tokens=result.sequences_ids[0],
-                time_offset=chunk.offset,
-                segment_size=int(np.ceil(chunk.duration) * model.frames_per_second),
-                segment_duration=chunk.duration,
+                time_offset=offset,
+                segment_size=int(np.ceil(window.duration) * model.frames_per_second),
+                segment_duration=window.duration,
                 seek=0,
             )
             # Whisper may predict an end past its window: keep times inside it.
-            last = chunk.offset + chunk.duration
-            segments = [
-                Segment(
-                    id=0,
-                    start=round(min(max(piece["start"], chunk.offset), last), 3),
-                    end=round(min(max(piece["end"], chunk.offset), last), 3),
-                    text=tokenizer.decode(piece["tokens"]),
-                )
-                for piece in pieces
-            ]
-            out.append([s for s in segments if s.text.strip()])
+            last = offset + window.duration
+            for piece in pieces:
+                piece["start"] = min(max(piece["start"], offset), last)
+                piece["end"] = min(max(piece["end"], offset), last)
+                piece["text"] = tokenizer.decode(piece["tokens"])
+                piece["seek"] = 0
+            per_window.append(pieces)
+        if not packed:
+            return {
+                w.members[0]: [
+                    Segment(
+                        id=0, start=round(p["start"], 3), end=round(p["end"], 3), text=p["text"]
+                    )
+                    for p in pieces
+                    if p["text"].strip()
+                ]
+                for w, pieces in zip(windows, per_window, strict=True)
+            }
+        self._add_words(windows, first, per_window, encoder_output)
+        out: dict[int, list[Segment]] = {}
+        for window, pieces in zip(windows, per_window, strict=True):
+            out |= split_words(window, chunks, pieces)
         return out
 
-
-__all__ = [
-    "SAMPLE_RATE",
-    "AudioError",
-    "Chunk",
-    "ChunkResult",
-    "Engine",
-    "EngineConfig",
-    "PreparedAudio",
-    "Segment",
-    "TranscribeOptions",
-    "Transcript",
-    "WhisperEngine",
-    "assemble",
-]
+    def _add_words(
+        self,
+        windows: list[Window],
+        first: list[Chunk],
+        per_window: list[list[dict[str, Any]]],
+        encoder_output: Any,
+    ) -> None:
+        """Word timestamps for packed windows (cross-attention alignment)."""
+        model = self.model
+        spoken = [i for i, pieces in enumerate(per_window) if pieces]
+        if not spoken:
+            return
+        if len(spoken) < len(windows):
+            # Alignment needs one encoder output per window that has words.
+            encoder_output = model.encode(
+                np.stack([self._features(windows[i].samples) for i in spoken])
+            )
+        tokenizer = self._tokenizer(first[spoken[0]].language, first[spoken[0]].task)
+        model.add_word_timestamps(
+            [per_window[i] for i in spoken],
+            tokenizer,
+            encoder_output,
+            [int(np.ceil(windows[i].duration) * model.frames_per_second) for i in spoken],
+            _PUNCTUATION["prepend_punctuations"],
+            _PUNCTUATION["append_punctuations"],
+            0.0,
+        )

@@ -10,16 +10,17 @@ from typing import Any
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.engine import (
+from deployments.engine import WhisperEngine
+from deployments.interface import (
     AudioError,
     Chunk,
     ChunkResult,
     Engine,
     EngineConfig,
     TranscribeOptions,
-    WhisperEngine,
     assemble,
 )
+from deployments.packing import Packing
 
 logger = logging.getLogger("ray.serve.whisper.transcriber")
 
@@ -27,8 +28,18 @@ logger = logging.getLogger("ray.serve.whisper.transcriber")
 class BatchConfig(BaseModel):
     """Live-tunable batching (``user_config`` in serve_config.yaml)."""
 
-    max_batch_size: int = Field(default=8, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(default=0.05, ge=0, le=5)
+    max_batch_size: int = Field(default=16, ge=1, le=256)
+    """Chunks (<= 30 s each) taken into one batch, from any jobs, before packing."""
+    batch_wait_timeout_s: float = Field(default=0.1, ge=0, le=5)
+    """How long a batch waits to fill once its first chunk arrived."""
+    pack_short_jobs: bool = True
+    """Lay short jobs of one owner with the same options into shared windows."""
+    pack_window_s: float = Field(default=28.0, ge=5, le=30)
+    """Longest packed window, in seconds (Whisper's window is 30 s)."""
+
+    @property
+    def packing(self) -> Packing:
+        return Packing(enabled=self.pack_short_jobs, window_s=self.pack_window_s)
 
 
 class Transcriber:
@@ -44,7 +55,6 @@ class Transcriber:
         engine_factory: Callable[[EngineConfig], Engine] = WhisperEngine,
     ) -> None:
         self.engine = engine_factory(config)
-        self.batch_sizes: list[int] = []
         # Batched per instance: a class-level @serve.batch shares one queue (and
         # its event loop) between every instance in the process.
         defaults = BatchConfig()
@@ -57,18 +67,29 @@ class Transcriber:
         cfg = BatchConfig.model_validate(user_config or {})
         self._decode_batch.set_max_batch_size(cfg.max_batch_size)
         self._decode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.engine.set_packing(cfg.packing)
         logger.info(
-            "batching: max %d chunks, wait %.3f s", cfg.max_batch_size, cfg.batch_wait_timeout_s
+            "batching: max %d chunks, wait %.3f s, packing %s (%g s windows)",
+            cfg.max_batch_size,
+            cfg.batch_wait_timeout_s,
+            "on" if cfg.pack_short_jobs else "off",
+            cfg.pack_window_s,
         )
 
-    async def transcribe(self, audio: bytes, options: dict[str, Any]) -> dict[str, Any]:
+    async def transcribe(
+        self, audio: bytes, options: dict[str, Any], owner: str = ""
+    ) -> dict[str, Any]:
         """Return ``{"result": transcript}`` or ``{"error": message}`` for bad input.
 
+        Short jobs share windows only with jobs of the same ``owner`` (and
+        options): one client's words never reach another's transcript.
         Failures that a retry could fix (a dead replica, an engine crash) raise.
         """
         try:
             opts = TranscribeOptions(**options)
             prepared = await asyncio.to_thread(self.engine.prepare, audio, opts)
+            for chunk in prepared.chunks:
+                chunk.pack_key = f"{owner}|{opts}"
             results = await asyncio.gather(*(self._decode_batch(c) for c in prepared.chunks))
             transcript = assemble(prepared, results)
         except (AudioError, TypeError) as exc:
@@ -76,13 +97,8 @@ class Transcriber:
         return {"result": transcript.to_dict()}
 
     async def _decode_chunks(self, chunks: list[Chunk]) -> list[ChunkResult]:
-        self.batch_sizes.append(len(chunks))
         logger.info("decoding a batch of %d chunks", len(chunks))
         return await asyncio.to_thread(self.engine.run_batch, chunks)
-
-    def stats(self) -> dict[str, Any]:
-        """Batch sizes seen so far (for tests and operators)."""
-        return {"batches": len(self.batch_sizes), "batch_sizes": list(self.batch_sizes[-1000:])}
 
     def check_health(self) -> None:
         """Ray calls this periodically; an engine that is gone fails it."""

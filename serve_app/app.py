@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from deployments.engine import EngineConfig
+from deployments.interface import EngineConfig
 from deployments.transcriber import TranscriberDeployment
 from serve_app.gateway import Gateway
 from serve_app.settings import Settings, get_settings

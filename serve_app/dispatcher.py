@@ -22,7 +22,9 @@ ORPHAN_AGE_S = 600
 class TranscriberClient(Protocol):
     """How the gateway reaches the Whisper deployment (a handle, or a local object in tests)."""
 
-    async def transcribe(self, audio: bytes, options: dict[str, Any]) -> dict[str, Any]: ...
+    async def transcribe(
+        self, audio: bytes, options: dict[str, Any], owner: str
+    ) -> dict[str, Any]: ...
 
 
 class HandleClient:
@@ -31,8 +33,8 @@ class HandleClient:
     def __init__(self, handle: Any) -> None:
         self._handle = handle
 
-    async def transcribe(self, audio: bytes, options: dict[str, Any]) -> dict[str, Any]:
-        reply: dict[str, Any] = await self._handle.transcribe.remote(audio, options)
+    async def transcribe(self, audio: bytes, options: dict[str, Any], owner: str) -> dict[str, Any]:
+        reply: dict[str, Any] = await self._handle.transcribe.remote(audio, options, owner)
         return reply
 
 
@@ -178,7 +180,7 @@ class Dispatcher:
                 return
             try:
                 reply = await asyncio.wait_for(
-                    self.client.transcribe(audio, job.options),
+                    self.client.transcribe(audio, job.options, job.owner),
                     timeout=self.settings.attempt_timeout(job.duration),
                 )
             except asyncio.CancelledError:

@@ -13,6 +13,7 @@ from deployments.audio import SAMPLE_RATE, decode
 
 DATA = Path(__file__).parent / "data"
 JFK = DATA / "jfk.flac"
+FOX_TEXT = "the quick brown fox jumps over the lazy dog"
 JFK_TEXT = (
     "and so my fellow americans ask not what your country can do for you "
     "ask what you can do for your country"

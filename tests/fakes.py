@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from deployments.audio import SpeechLayout
-from deployments.engine import (
+from deployments.interface import (
     AudioError,
     Chunk,
     ChunkResult,
@@ -17,6 +17,7 @@ from deployments.engine import (
     Segment,
     TranscribeOptions,
 )
+from deployments.packing import Packing
 from deployments.transcriber import Transcriber
 
 
@@ -30,6 +31,9 @@ class FakeEngine:
     def __init__(self, _config: EngineConfig | None = None) -> None:
         self.batches: list[int] = []
 
+    def set_packing(self, packing: Packing) -> None:
+        self.packing = packing
+
     def prepare(self, audio: bytes, options: TranscribeOptions) -> PreparedAudio:
         if audio.startswith(b"BAD"):
             raise AudioError("could not decode the audio: fake")
@@ -42,7 +46,7 @@ class FakeEngine:
         windows = [(30.0 * i, 30.0) for i in range(count)]
         chunks = [
             Chunk(
-                features=np.zeros((1, 1), dtype=np.float32),
+                samples=np.zeros(16, dtype=np.float32),
                 offset=offset,
                 duration=duration,
                 prompt=[ord(c) for c in f"{label} part {i}"],
@@ -83,6 +87,8 @@ class LocalClient:
         self.transcriber = transcriber or fake_transcriber()
         self.calls = 0
 
-    async def transcribe(self, audio: bytes, options: dict[str, Any]) -> dict[str, Any]:
+    async def transcribe(
+        self, audio: bytes, options: dict[str, Any], owner: str = ""
+    ) -> dict[str, Any]:
         self.calls += 1
-        return await self.transcriber.transcribe(audio, options)
+        return await self.transcriber.transcribe(audio, options, owner)

@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).parents[2]
 PORT = 8000
 KEY = "serve-test-key-7f3a9c"
+OTHER_KEY = "serve-test-other-key-52d1e8"
 ORIGIN = "https://app.pilotys.example"
 MAX_QUEUED_JOBS = 16
 
@@ -37,7 +38,7 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
-            "WHISPER_API_KEY": KEY,
+            "WHISPER_API_KEY": f"{KEY},{OTHER_KEY}",
             "ALLOWED_ORIGINS": ORIGIN,
             "DATA_DIR": str(workdir / "data"),
             "DB_PATH": str(workdir / "db" / "whisper-jobs.db"),

@@ -13,8 +13,8 @@ import pytest
 from faster_whisper import WhisperModel
 
 from deployments.models import resolve_model
-from tests.audio_util import JFK, JFK_TEXT, long_jfk, words
-from tests.serve.conftest import KEY, ORIGIN, Server, submit, wait_done
+from tests.audio_util import DATA, JFK, JFK_TEXT, long_jfk, words
+from tests.serve.conftest import KEY, ORIGIN, OTHER_KEY, Server, submit, wait_done
 
 pytestmark = pytest.mark.serve
 
@@ -137,3 +137,28 @@ def test_upload_limits_through_the_proxy(client: httpx.Client) -> None:
     ):
         r = client.post("/transcribe", files=files)
         assert r.status_code == status and r.json()["detail"]
+
+
+def test_packed_jobs_of_two_clients_never_mix(server: Server, client: httpx.Client) -> None:
+    """Two clients speak different sentences at once: no word crosses between them."""
+    fox, giraffe = (DATA / "fox.wav").read_bytes(), (DATA / "sentinel.wav").read_bytes()
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {OTHER_KEY}"}, timeout=60
+    ) as other:
+        work = [(client, fox), (other, giraffe)] * 6
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            ids = list(pool.map(lambda cw: (cw[0], submit(cw[0], cw[1])), work))
+        results = [wait_done(c, job_id) for c, job_id in ids]
+    for (c, _job), result in zip(ids, results, strict=True):
+        heard = words(result["text"])
+        if c is client:
+            assert "fox" in heard and "giraffe" not in heard, heard
+        else:
+            assert "giraffe" in heard and "fox" not in heard, heard
+    packed = [
+        p
+        for p in server.log_files()
+        if "Transcriber" in p.name
+        if "packed" in p.read_text(errors="replace")
+    ]
+    assert packed, "short jobs of one client should have shared windows"

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.audio_util import DATA, JFK, long_jfk
-from tests.serve.conftest import MAX_QUEUED_JOBS, PORT, Server, submit, wait_done
+from tests.serve.conftest import KEY, MAX_QUEUED_JOBS, PORT, Server, submit, wait_done
 
 pytestmark = pytest.mark.serve
 
@@ -84,7 +84,7 @@ def test_bounded_load_every_job_ends_done_or_429(server: Server, client: httpx.C
 def test_a_declared_300_mb_body_is_refused_before_it_is_sent(server: Server) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
     conn.putrequest("POST", "/transcribe")
-    conn.putheader("Authorization", f"Bearer {server.env['WHISPER_API_KEY']}")
+    conn.putheader("Authorization", f"Bearer {KEY}")
     conn.putheader("Content-Type", "multipart/form-data; boundary=b")
     conn.putheader("Content-Length", str(300_000_000))
     conn.endheaders()

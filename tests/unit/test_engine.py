@@ -10,9 +10,11 @@ import jiwer
 import numpy as np
 import pytest
 
-from deployments.engine import AudioError, EngineConfig, TranscribeOptions, WhisperEngine, assemble
+from deployments.engine import WhisperEngine
+from deployments.interface import AudioError, Chunk, EngineConfig, TranscribeOptions, assemble
 from deployments.models import ModelNotAvailable, resolve_model
-from tests.audio_util import JFK, JFK_TEXT, long_jfk, wav_bytes, words
+from deployments.packing import Packing, plan_windows
+from tests.audio_util import DATA, FOX_TEXT, JFK, JFK_TEXT, long_jfk, wav_bytes, words
 
 pytestmark = pytest.mark.model
 
@@ -98,9 +100,11 @@ def test_folder_without_weights_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_bad_chunk_fails_alone_in_a_batch(engine: WhisperEngine) -> None:
-    good = engine.prepare(JFK.read_bytes(), TranscribeOptions())
-    broken = dataclasses.replace(good.chunks[0], features=np.zeros((3, 3000), dtype=np.float32))
-    results = engine.run_batch([good.chunks[0], broken, good.chunks[0]])
+    good = dataclasses.replace(
+        engine.prepare(JFK.read_bytes(), TranscribeOptions()).chunks[0], packable=False
+    )
+    broken = dataclasses.replace(good, samples=np.zeros((3, 100), dtype=np.float32))
+    results = engine.run_batch([good, broken, good])
     assert results[1].error is not None and "decoding failed" in results[1].error
     for ok in (results[0], results[2]):
         assert ok.error is None
@@ -112,3 +116,45 @@ def test_decoding_stops_at_max_audio_seconds() -> None:
     with pytest.raises(AudioError, match=r"longer than 30 s \(MAX_AUDIO_SECONDS\)"):
         capped.prepare(long_jfk(), TranscribeOptions())
     assert capped.prepare(JFK.read_bytes(), TranscribeOptions()).chunks
+
+
+def short_chunk(engine: WhisperEngine, name: str, owner: str) -> Chunk:
+    chunk = engine.prepare((DATA / name).read_bytes(), TranscribeOptions()).chunks[0]
+    chunk.pack_key = owner
+    return chunk
+
+
+def test_short_jobs_of_one_owner_share_a_window_and_keep_their_words(
+    engine: WhisperEngine,
+) -> None:
+    fox, giraffe = short_chunk(engine, "fox.wav", "a"), short_chunk(engine, "sentinel.wav", "a")
+    assert fox.packable and giraffe.packable
+    assert len(plan_windows([fox, giraffe, fox], engine.packing)) == 1
+    results = engine.run_batch([fox, giraffe, fox])
+    texts = [words(" ".join(s.text for s in r.segments)) for r in results]
+    assert "fox" in texts[0] and "giraffe" not in texts[0], texts
+    assert "giraffe" in texts[1] and "fox" not in texts[1], texts
+    assert "fox" in texts[2] and "giraffe" not in texts[2], texts
+    for chunk, result in zip((fox, giraffe, fox), results, strict=True):
+        assert all(0 <= s.start <= s.end <= chunk.duration + 0.01 for s in result.segments)
+    alone = engine.run_batch([dataclasses.replace(fox, packable=False)])[0]
+    packed_wer = jiwer.wer(FOX_TEXT, texts[0])
+    alone_wer = jiwer.wer(FOX_TEXT, words(" ".join(s.text for s in alone.segments)))
+    assert packed_wer <= alone_wer + 0.2
+
+
+def test_jobs_of_different_owners_never_share_a_window(engine: WhisperEngine) -> None:
+    fox, giraffe = short_chunk(engine, "fox.wav", "a"), short_chunk(engine, "sentinel.wav", "b")
+    assert len(plan_windows([fox, giraffe], engine.packing)) == 2
+    assert len(plan_windows([fox, giraffe], Packing(enabled=False))) == 2
+    other_prompt = dataclasses.replace(giraffe, pack_key="a", prompt=[*giraffe.prompt, 1])
+    assert len(plan_windows([fox, other_prompt], engine.packing)) == 2
+
+
+def test_a_packed_clip_whisper_stops_short_of_is_decoded_again(engine: WhisperEngine) -> None:
+    """Two 10 s sayings in one window: tiny.en stops partway into the second one."""
+    jfk = engine.prepare(JFK.read_bytes(), TranscribeOptions()).chunks[0]
+    assert len(plan_windows([jfk, jfk], engine.packing)) == 1
+    for result in engine.run_batch([jfk, jfk]):
+        text = words(" ".join(s.text for s in result.segments))
+        assert jiwer.wer(JFK_TEXT, text) < 0.1, text

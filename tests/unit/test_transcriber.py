@@ -9,6 +9,7 @@ from tests.fakes import FakeEngine, fake_transcriber
 
 def test_chunks_of_concurrent_jobs_share_batches() -> None:
     transcriber = fake_transcriber()
+    transcriber.reconfigure({"max_batch_size": 8})
 
     async def run() -> list[dict]:
         return await asyncio.gather(
