@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
+from faster_whisper.transcribe import get_compression_ratio
 
 from deployments.audio import AudioTooLong, decode, split_speech
 from deployments.interface import (
@@ -34,6 +35,10 @@ from deployments.packing import Packing, Window, plan_windows, split_words
 
 logger = logging.getLogger("ray.serve.whisper.engine")
 
+# faster-whisper's threshold for text that repeats itself (a decoding loop).
+MAX_COMPRESSION_RATIO = 2.4
+# Budget for packed windows: fast English speech with timestamps is about 5.
+TOKENS_PER_SECOND = 7
 # faster-whisper's own defaults for attaching punctuation to words.
 _PUNCTUATION = {
     name: inspect.signature(WhisperModel.transcribe).parameters[name].default
@@ -142,9 +147,16 @@ class WhisperEngine:
             logger.info("packed %d chunks into %d windows", len(chunks), len(windows))
         cut_short = self._run_windows(windows, chunks, results)
         if cut_short:
-            # Whisper stopped before the end of a packed window: decode the
-            # clips it did not reach alone, as a sequential pass would go on.
-            logger.info("decoding %d packed chunks again alone", len(cut_short))
+            # Whisper stopped before the end of a packed window (or looped):
+            # the clips it did not reach go round once more, packed anew (they
+            # now start their windows), then alone.
+            logger.info("decoding %d packed chunks again", len(cut_short))
+            again = plan_windows([chunks[i] for i in cut_short], self.packing)
+            for window in again:
+                window.members = [cut_short[m] for m in window.members]
+            cut_short = self._run_windows(again, chunks, results)
+        if cut_short:
+            logger.info("decoding %d packed chunks alone", len(cut_short))
             self._run_windows([Window.of(i, chunks[i]) for i in cut_short], chunks, results)
         return results
 
@@ -202,7 +214,7 @@ class WhisperEngine:
             encoder_output,
             [c.prompt for c in first],
             beam_size=beam_size,
-            max_length=model.max_length,
+            max_length=self._max_length(windows, first) if packed else model.max_length,
             suppress_blank=True,
             suppress_tokens=[-1],
             return_scores=True,
@@ -239,11 +251,28 @@ class WhisperEngine:
                 ]
                 for w, pieces in zip(windows, per_window, strict=True)
             }
+        # A packed window that decoded into a repetition loop (faster-whisper's
+        # compression-ratio test) is dropped: its clips are decoded alone.
+        looping = {
+            i
+            for i, pieces in enumerate(per_window)
+            if get_compression_ratio("".join(p["text"] for p in pieces)) > MAX_COMPRESSION_RATIO
+        }
+        if looping:
+            logger.info("%d packed windows looped; their chunks go alone", len(looping))
+            per_window = [[] if i in looping else p for i, p in enumerate(per_window)]
         self._add_words(windows, first, per_window, encoder_output)
         out: dict[int, list[Segment]] = {}
-        for window, pieces in zip(windows, per_window, strict=True):
-            out |= split_words(window, chunks, pieces)
+        for i, (window, pieces) in enumerate(zip(windows, per_window, strict=True)):
+            if i not in looping:
+                out |= split_words(window, chunks, pieces)
         return out
+
+    def _max_length(self, windows: list[Window], first: list[Chunk]) -> int:
+        """A token budget for packed windows: a decoding loop stops early, speech does not."""
+        longest = max(w.duration for w in windows)
+        prompt = max(len(c.prompt) for c in first)
+        return min(self.model.max_length, prompt + 16 + int(TOKENS_PER_SECOND * longest))
 
     def _add_words(
         self,

@@ -108,6 +108,7 @@ class EngineConfig:
     cpu_threads: int = 0
     cache_dir: str = "data/models"
     max_audio_seconds: float | None = None
+    cpu_nice: int = 10
 
 
 def assemble(prepared: PreparedAudio, results: Sequence[ChunkResult]) -> Transcript:

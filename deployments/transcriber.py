@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,10 +29,12 @@ logger = logging.getLogger("ray.serve.whisper.transcriber")
 class BatchConfig(BaseModel):
     """Live-tunable batching (``user_config`` in serve_config.yaml)."""
 
-    max_batch_size: int = Field(default=16, ge=1, le=256)
+    max_batch_size: int = Field(default=32, ge=1, le=256)
     """Chunks (<= 30 s each) taken into one batch, from any jobs, before packing."""
-    batch_wait_timeout_s: float = Field(default=0.1, ge=0, le=5)
-    """How long a batch waits to fill once its first chunk arrived."""
+    batch_wait_timeout_s: float = Field(default=0.02, ge=0, le=5)
+    """How long a batch waits to fill once its first chunk arrived, with one job in flight."""
+    batch_wait_busy_s: float = Field(default=0.5, ge=0, le=5)
+    """The same wait while several jobs are in flight: fuller batches, fewer windows."""
     pack_short_jobs: bool = True
     """Lay short jobs of one owner with the same options into shared windows."""
     pack_window_s: float = Field(default=28.0, ge=5, le=30)
@@ -54,7 +57,14 @@ class Transcriber:
         config: EngineConfig,
         engine_factory: Callable[[EngineConfig], Engine] = WhisperEngine,
     ) -> None:
+        if config.device == "cpu" and config.cpu_nice:
+            # Decoding takes every core it is given; at a lower priority it
+            # leaves room for the proxy and gateways, so new jobs keep arriving
+            # (and batches keep filling) while a batch decodes.
+            os.nice(config.cpu_nice)
         self.engine = engine_factory(config)
+        self.config = BatchConfig()
+        self._in_flight = 0
         # Batched per instance: a class-level @serve.batch shares one queue (and
         # its event loop) between every instance in the process.
         defaults = BatchConfig()
@@ -65,13 +75,15 @@ class Transcriber:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         cfg = BatchConfig.model_validate(user_config or {})
+        self.config = cfg
         self._decode_batch.set_max_batch_size(cfg.max_batch_size)
-        self._decode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self._tune_wait()
         self.engine.set_packing(cfg.packing)
         logger.info(
-            "batching: max %d chunks, wait %.3f s, packing %s (%g s windows)",
+            "batching: max %d chunks, wait %.3f s (%.3f s when busy), packing %s (%g s windows)",
             cfg.max_batch_size,
             cfg.batch_wait_timeout_s,
+            cfg.batch_wait_busy_s,
             "on" if cfg.pack_short_jobs else "off",
             cfg.pack_window_s,
         )
@@ -85,6 +97,8 @@ class Transcriber:
         options): one client's words never reach another's transcript.
         Failures that a retry could fix (a dead replica, an engine crash) raise.
         """
+        self._in_flight += 1
+        self._tune_wait()
         try:
             opts = TranscribeOptions(**options)
             prepared = await asyncio.to_thread(self.engine.prepare, audio, opts)
@@ -94,7 +108,19 @@ class Transcriber:
             transcript = assemble(prepared, results)
         except (AudioError, TypeError) as exc:
             return {"error": str(exc)}
+        finally:
+            self._in_flight -= 1
+            self._tune_wait()
         return {"result": transcript.to_dict()}
+
+    def _tune_wait(self) -> None:
+        """A lone job should not wait for company; when many are in flight, let batches fill.
+
+        (``@serve.batch`` reads the wait when a batch's first chunk arrives.)
+        """
+        busy = self._in_flight > 1
+        wait = self.config.batch_wait_busy_s if busy else self.config.batch_wait_timeout_s
+        self._decode_batch.set_batch_wait_timeout_s(wait)
 
     async def _decode_chunks(self, chunks: list[Chunk]) -> list[ChunkResult]:
         logger.info("decoding a batch of %d chunks", len(chunks))

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).parents[2]
+from tests.serve.launcher import LaunchError, ServeProcess
+
 PORT = 8000
 KEY = "serve-test-key-7f3a9c"
 OTHER_KEY = "serve-test-other-key-52d1e8"
@@ -22,93 +18,28 @@ ORIGIN = "https://app.pilotys.example"
 MAX_QUEUED_JOBS = 16
 
 
-def _port_taken() -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", PORT)) == 0
-
-
-class Server:
-    """A `serve run` child process, its environment and its logs."""
+class Server(ServeProcess):
+    """The session's server: the default config and port, with the test keys."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.url = f"http://127.0.0.1:{PORT}"
-        self.output = workdir / "serve-run.log"
-        self.ray_logs: list[Path] = []
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
-            "WHISPER_API_KEY": f"{KEY},{OTHER_KEY}",
-            "ALLOWED_ORIGINS": ORIGIN,
-            "DATA_DIR": str(workdir / "data"),
-            "DB_PATH": str(workdir / "db" / "whisper-jobs.db"),
-            "WHISPER_CPU_THREADS": "2",
-            "MAX_QUEUED_JOBS": str(MAX_QUEUED_JOBS),
-        }
+        super().__init__(
+            workdir,
+            {
+                "WHISPER_API_KEY": f"{KEY},{OTHER_KEY}",
+                "ALLOWED_ORIGINS": ORIGIN,
+                "DATA_DIR": str(workdir / "data"),
+                "DB_PATH": str(workdir / "db" / "whisper-jobs.db"),
+                "WHISPER_CPU_THREADS": "2",
+                "MAX_QUEUED_JOBS": str(MAX_QUEUED_JOBS),
+            },
+            port=PORT,
+        )
 
     def start(self, timeout: float = 240) -> None:
-        if _port_taken():
-            pytest.fail(f"port {PORT} is taken: stop the server there before running these tests")
-        serve_bin = Path(sys.executable).parent / "serve"
-        out = self.output.open("ab")
-        self.proc = subprocess.Popen(
-            [str(serve_bin), "run", "serve_config.yaml"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"serve run exited ({self.proc.returncode}):\n{self.output.read_text()[-3000:]}"
-                )
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    session = Path("/tmp/ray/session_latest").resolve()
-                    self.ray_logs.append(session / "logs")
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        self.stop()
-        pytest.fail(f"server not healthy after {timeout} s:\n{self.output.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        # A background `serve run` ignores SIGINT; SIGTERM shuts Serve and Ray down.
-        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        # Ray's proxy lets go of the port a moment after `serve run` exits.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _port_taken():
-            time.sleep(0.5)
-
-    def kill(self) -> None:
-        """SIGKILL the whole server: serve run, Ray and every replica, no cleanup."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _port_taken():
-            time.sleep(0.5)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def log_files(self) -> list[Path]:
-        files = [self.output]
-        for logs in self.ray_logs:
-            files += [p for p in logs.rglob("*") if p.is_file()]
-        return files
+            super().start(timeout)
+        except LaunchError as exc:
+            pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,369 @@
+"""Throughput benchmark: plain faster-whisper vs this engine vs the whole server, one run.
+
+    scripts/bench            (installs what it needs, then runs this)
+
+On the same 32 short clips, with the same bundled tiny.en (int8) and threads:
+  (a) plain faster-whisper, sequential ``WhisperModel.transcribe`` with its defaults;
+  (b) this project's engine in-process, no Ray (batching and packing);
+  (c) the whole server (`serve run`, HTTP, SQLite) under 1, 8 and 32 concurrent clients,
+      and 32 clients each with its own API key (no packing across owners).
+Then an idle single-clip latency check, and sustained load to watch autoscaling.
+Writes bench/results/<name>.json and .png; the README quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jiwer
+
+from bench.clips import Clip, make_clips
+from deployments.engine import WhisperEngine
+from deployments.interface import EngineConfig, TranscribeOptions, assemble
+from deployments.models import resolve_model
+from deployments.packing import Packing
+from tests.audio_util import words
+from tests.serve.launcher import ServeProcess, config_on_port
+
+RESULTS = Path(__file__).parent / "results"
+KEY = "bench-key"
+
+
+def wer_of(clips: list[Clip], texts: list[str]) -> dict[str, float]:
+    refs = [words(c.text) for c in clips]
+    hyps = [words(t) for t in texts]
+    return {
+        "corpus": round(jiwer.wer(refs, hyps), 4),
+        "mean_per_clip": round(
+            statistics.mean(jiwer.wer(r, h) for r, h in zip(refs, hyps, strict=True)), 4
+        ),
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+
+def run_plain(
+    clips: list[Clip], threads: int, *, device: str = "cpu", compute_type: str = "int8"
+) -> dict[str, Any]:
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(
+        resolve_model("tiny.en", cache_dir="data/models"),
+        device=device,
+        compute_type=compute_type,
+        cpu_threads=threads,
+    )
+    list(model.transcribe(str(clips[0].path))[0])  # warm up
+    begin = time.perf_counter()
+    texts = ["".join(s.text for s in model.transcribe(str(c.path))[0]) for c in clips]
+    wall = time.perf_counter() - begin
+    per_clip = []
+    for clip in clips[:5]:
+        t = time.perf_counter()
+        list(model.transcribe(str(clip.path))[0])
+        per_clip.append(time.perf_counter() - t)
+    return {"wall_s": round(wall, 3), "wer": wer_of(clips, texts), "single_clip_s": per_clip}
+
+
+def run_engine(
+    clips: list[Clip], threads: int, *, packing: bool, batch: int, device: str = "cpu"
+) -> dict[str, Any]:
+    engine = WhisperEngine(EngineConfig(cpu_threads=threads, device=device))  # type: ignore[arg-type]
+    engine.set_packing(Packing(enabled=packing))
+    audio = [c.path.read_bytes() for c in clips]
+    engine.run_batch(engine.prepare(audio[0], TranscribeOptions()).chunks)  # warm up
+    begin = time.perf_counter()
+    prepared = [engine.prepare(a, TranscribeOptions()) for a in audio]
+    chunks = [c for p in prepared for c in p.chunks]
+    results = []
+    for i in range(0, len(chunks), batch):
+        results += engine.run_batch(chunks[i : i + batch])
+    texts, at = [], 0
+    for p in prepared:
+        texts.append(assemble(p, results[at : at + len(p.chunks)]).text)
+        at += len(p.chunks)
+    return {"wall_s": round(time.perf_counter() - begin, 3), "wer": wer_of(clips, texts)}
+
+
+class Poller(threading.Thread):
+    """Times plain GETs of a finished job while the server works."""
+
+    def __init__(self, client: httpx.Client, job_id: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.job_id = client, job_id
+        self.times: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            t = time.perf_counter()
+            self.client.get(f"/transcribe/{self.job_id}")
+            self.times.append(time.perf_counter() - t)
+            time.sleep(0.05)
+
+
+def transcribe_http(client: httpx.Client, clip: Clip, submits: list[float]) -> str:
+    t = time.perf_counter()
+    r = client.post("/transcribe", files={"file": (clip.path.name, clip.path.read_bytes())})
+    submits.append(time.perf_counter() - t)
+    r.raise_for_status()
+    job_id = r.json()["job_id"]
+    while True:
+        body = client.get(f"/transcribe/{job_id}", params={"wait": 30}).json()
+        if body["status"] == "done":
+            return str(body["text"])
+        if body["status"] == "error":
+            raise RuntimeError(f"job {job_id} failed: {body['error']}")
+
+
+def run_clients(
+    url: str, clips: list[Clip], concurrency: int, keys: list[str], done_job: str
+) -> dict[str, Any]:
+    clients = [
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys[i % len(keys)]}"},
+                     timeout=120)
+        for i in range(concurrency)
+    ]  # fmt: skip
+    poller = Poller(
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}), done_job
+    )
+    submits: list[float] = []
+    texts: list[str] = [""] * len(clips)
+
+    def client_work(n: int) -> None:
+        for i in range(n, len(clips), concurrency):
+            texts[i] = transcribe_http(clients[n], clips[i], submits)
+
+    poller.start()
+    begin = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(client_work, range(concurrency)))
+    wall = time.perf_counter() - begin
+    poller.stop.set()
+    poller.join()
+    return {
+        "concurrency": concurrency,
+        "keys": len(keys),
+        "wall_s": round(wall, 3),
+        "wer": wer_of(clips, texts),
+        "submit_p50_s": pct(submits, 0.5),
+        "submit_p99_s": pct(submits, 0.99),
+        "poll_p50_s": pct(poller.times, 0.5),
+        "poll_p99_s": pct(poller.times, 0.99),
+    }
+
+
+def replicas(deployment: str) -> int:
+    found = subprocess.run(
+        ["pgrep", "-f", f"ServeReplica:whisper:{deployment}"], capture_output=True, text=True
+    )
+    return len(found.stdout.split())
+
+
+def sustained(url: str, clips: list[Clip], seconds: float, concurrency: int) -> dict[str, Any]:
+    """Keep ``concurrency`` clients busy; sample the Transcriber's replica count."""
+    stop = time.monotonic() + seconds
+    samples: list[tuple[float, int]] = []
+    finished = [0]
+
+    def worker(n: int) -> None:
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120
+        ) as c:
+            i = n
+            while time.monotonic() < stop:
+                transcribe_http(c, clips[i % len(clips)], [])
+                finished[0] += 1
+                i += concurrency
+
+    begin = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(worker, n) for n in range(concurrency)]
+        while not all(f.done() for f in futures):
+            samples.append((round(time.monotonic() - begin, 1), replicas("Transcriber")))
+            time.sleep(2)
+        for f in futures:
+            f.result()
+    return {
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "jobs_done": finished[0],
+        "transcriber_replicas_over_time": samples,
+        "max_transcriber_replicas": max(n for _, n in samples),
+    }
+
+
+def run_server(clips: list[Clip], threads: int, port: int, sustain_s: float) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="whisper-bench-"))
+    many_keys = [f"bench-key-{i}" for i in range(32)]
+    server = ServeProcess(
+        work,
+        {
+            "WHISPER_API_KEY": ",".join([KEY, *many_keys]),
+            "DATA_DIR": str(work / "data"),
+            "WHISPER_CPU_THREADS": str(threads),
+        },
+        port=port,
+        config=config_on_port(work, port),
+    )
+    server.start()
+    out: dict[str, Any] = {}
+    try:
+        with httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120
+        ) as c:
+            warm: list[float] = []
+            transcribe_http(c, clips[0], warm)  # warm up
+            idle = []
+            for clip in clips[:5]:
+                t = time.perf_counter()
+                transcribe_http(c, clip, [])
+                idle.append(time.perf_counter() - t)
+            first = c.post("/transcribe", files={"file": ("a.wav", clips[0].path.read_bytes())})
+            done_job = first.json()["job_id"]
+            c.get(f"/transcribe/{done_job}", params={"wait": 30})
+            idle_polls = []
+            for _ in range(20):
+                t = time.perf_counter()
+                c.get(f"/transcribe/{done_job}")
+                idle_polls.append(time.perf_counter() - t)
+        out["idle_single_clip_s"] = idle
+        out["idle_poll_p50_s"] = pct(idle_polls, 0.5)
+        out["idle_poll_p99_s"] = pct(idle_polls, 0.99)
+        out["runs"] = [run_clients(server.url, clips, n, [KEY], done_job) for n in (1, 8, 32)]
+        out["runs"].append(run_clients(server.url, clips, 32, many_keys, done_job))
+        if sustain_s > 0:
+            out["sustained"] = sustained(server.url, clips, sustain_s, 64)
+    finally:
+        server.stop()
+    return out
+
+
+def machine() -> dict[str, Any]:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem, 1), "gpu": "none"}
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    audio = result["audio_seconds"]
+    runs = [r for r in result["server"]["runs"] if r["keys"] == 1]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(
+        [r["concurrency"] for r in runs],
+        [audio / r["wall_s"] for r in runs],
+        "o-",
+        label="server (one key)",
+    )
+    distinct = [r for r in result["server"]["runs"] if r["keys"] > 1]
+    for r in distinct:
+        ax.plot([r["concurrency"]], [audio / r["wall_s"]], "s", label="server (32 keys)")
+    ax.axhline(audio / result["plain"]["wall_s"], ls="--", c="gray",
+               label="plain faster-whisper, sequential")  # fmt: skip
+    ax.axhline(audio / result["engine"]["wall_s"], ls=":", c="green",
+               label="this engine in-process")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 8, 32], ["1", "8", "32"])
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("audio seconds per second")
+    ax.set_title(f"tiny.en int8, {result['machine']['cpus']} CPU cores, 32 short clips")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--name", default="cpu-2core", help="results file name")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--sustain", type=float, default=45, help="seconds of sustained load")
+    parser.add_argument("--no-server", action="store_true", help="only (a) and (b)")
+    args = parser.parse_args()
+
+    clips = make_clips(32)
+    audio = sum(c.seconds for c in clips)
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "model": "tiny.en int8 (bundled)",
+        "threads": args.threads,
+        "clips": len(clips),
+        "audio_seconds": round(audio, 2),
+    }
+    print(f"{len(clips)} clips, {audio:.1f} s of audio, {args.threads} threads")
+    result["plain"] = run_plain(clips, args.threads)
+    print("plain faster-whisper:", result["plain"]["wall_s"], "s")
+    result["engine"] = run_engine(clips, args.threads, packing=True, batch=32)
+    result["engine_no_packing"] = run_engine(clips, args.threads, packing=False, batch=32)
+    print(
+        "engine:", result["engine"]["wall_s"], "s; unpacked", result["engine_no_packing"]["wall_s"]
+    )
+    if not args.no_server:
+        result["server"] = run_server(clips, args.threads, args.port, args.sustain)
+    summarize(result)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if "server" in result:
+        plot(result, RESULTS / f"{args.name}.png")
+    print(json.dumps(result["summary"], indent=2))
+
+
+def summarize(result: dict[str, Any]) -> None:
+    audio = result["audio_seconds"]
+    plain, engine = result["plain"]["wall_s"], result["engine"]["wall_s"]
+    summary: dict[str, Any] = {
+        "plain_audio_s_per_s": round(audio / plain, 2),
+        "engine_audio_s_per_s": round(audio / engine, 2),
+        "engine_vs_plain": round(plain / engine, 2),
+        "engine_unpacked_vs_plain": round(plain / result["engine_no_packing"]["wall_s"], 2),
+        "wer_plain": result["plain"]["wer"]["mean_per_clip"],
+        "wer_engine": result["engine"]["wer"]["mean_per_clip"],
+    }
+    server = result.get("server")
+    if server:
+        for run in server["runs"]:
+            tag = f"c{run['concurrency']}" + ("_distinct_keys" if run["keys"] > 1 else "")
+            summary[f"server_{tag}_audio_s_per_s"] = round(audio / run["wall_s"], 2)
+            summary[f"server_{tag}_vs_plain"] = round(plain / run["wall_s"], 2)
+            summary[f"server_{tag}_vs_engine"] = round(engine / run["wall_s"], 2)
+            summary[f"server_{tag}_wer"] = run["wer"]["mean_per_clip"]
+        direct = statistics.median(result["plain"]["single_clip_s"])
+        summary["idle_single_clip_vs_direct"] = round(
+            statistics.median(server["idle_single_clip_s"]) / direct, 2
+        )
+        if "sustained" in server:
+            summary["max_transcriber_replicas"] = server["sustained"]["max_transcriber_replicas"]
+    result["summary"] = summary
+
+
+if __name__ == "__main__":
+    main()
