@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,10 +51,16 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     app_args = AppArgs.model_validate(args or {})
     settings = get_settings()
     # Pin relative paths where the operator started the server, not where a replica runs.
+    db_path = settings.db_path.resolve() if settings.db_path else None
+    if not settings.use_sqlite:
+        # Memory mode (the seed's USE_SQLITE=false): jobs must not outlive this start, yet
+        # every gateway replica must see them. A fresh file per start gives both.
+        db_path = Path(tempfile.mkdtemp(prefix="whisper-jobs-memory-")) / "jobs.db"
     settings = settings.model_copy(
         update={
             "data_dir": settings.data_dir.resolve(),
-            "db_path": settings.db_path.resolve() if settings.db_path else None,
+            "db_path": db_path,
+            "use_sqlite": True,
         }
     )
     device = resolve_device(settings)
