@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,9 @@ from deployments.interface import (
 from deployments.packing import Packing
 
 logger = logging.getLogger("ray.serve.whisper.transcriber")
+
+# How long a caller's "more jobs are coming" hint keeps batches waiting.
+BUSY_HINT_S = 1.0
 
 
 class BatchConfig(BaseModel):
@@ -65,6 +69,7 @@ class Transcriber:
         self.engine = engine_factory(config)
         self.config = BatchConfig()
         self._in_flight = 0
+        self._busy_until = 0.0
         # Batched per instance: a class-level @serve.batch shares one queue (and
         # its event loop) between every instance in the process.
         defaults = BatchConfig()
@@ -89,15 +94,20 @@ class Transcriber:
         )
 
     async def transcribe(
-        self, audio: bytes, options: dict[str, Any], owner: str = ""
+        self, audio: bytes, options: dict[str, Any], owner: str = "", more_coming: bool = False
     ) -> dict[str, Any]:
         """Return ``{"result": transcript}`` or ``{"error": message}`` for bad input.
 
         Short jobs share windows only with jobs of the same ``owner`` (and
         options): one client's words never reach another's transcript.
+        ``more_coming``: the caller is taking in more jobs right now, so the
+        next batch should wait for them (the first job of a burst would
+        otherwise be decoded alone).
         Failures that a retry could fix (a dead replica, an engine crash) raise.
         """
         self._in_flight += 1
+        if more_coming:
+            self._busy_until = time.monotonic() + BUSY_HINT_S
         self._tune_wait()
         try:
             opts = TranscribeOptions(**options)
@@ -118,7 +128,7 @@ class Transcriber:
 
         (``@serve.batch`` reads the wait when a batch's first chunk arrives.)
         """
-        busy = self._in_flight > 1
+        busy = self._in_flight > 1 or time.monotonic() < self._busy_until
         wait = self.config.batch_wait_busy_s if busy else self.config.batch_wait_timeout_s
         self._decode_batch.set_batch_wait_timeout_s(wait)
 

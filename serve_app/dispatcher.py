@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ class TranscriberClient(Protocol):
     """How the gateway reaches the Whisper deployment (a handle, or a local object in tests)."""
 
     async def transcribe(
-        self, audio: bytes, options: dict[str, Any], owner: str
+        self, audio: bytes, options: dict[str, Any], owner: str, more_coming: bool
     ) -> dict[str, Any]: ...
 
 
@@ -33,8 +34,12 @@ class HandleClient:
     def __init__(self, handle: Any) -> None:
         self._handle = handle
 
-    async def transcribe(self, audio: bytes, options: dict[str, Any], owner: str) -> dict[str, Any]:
-        reply: dict[str, Any] = await self._handle.transcribe.remote(audio, options, owner)
+    async def transcribe(
+        self, audio: bytes, options: dict[str, Any], owner: str, more_coming: bool
+    ) -> dict[str, Any]:
+        reply: dict[str, Any] = await self._handle.transcribe.remote(
+            audio, options, owner, more_coming
+        )
         return reply
 
 
@@ -65,6 +70,7 @@ class Dispatcher:
         self.housekeeping_interval_s = housekeeping_interval_s
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._receiving = 0
         # Set (and replaced) whenever this gateway ends a job: wakes long polls.
         self._job_ended = asyncio.Event()
 
@@ -79,6 +85,15 @@ class Dispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    @contextlib.contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Mark an upload in progress: the Transcriber is told more jobs are coming."""
+        self._receiving += 1
+        try:
+            yield
+        finally:
+            self._receiving -= 1
 
     def submit(self, job_id: str) -> None:
         """Start a job just accepted, if there is room; else the sweep takes it."""
@@ -180,7 +195,9 @@ class Dispatcher:
                 return
             try:
                 reply = await asyncio.wait_for(
-                    self.client.transcribe(audio, job.options, job.owner),
+                    self.client.transcribe(
+                        audio, job.options, job.owner, self._receiving > 0 or len(self._running) > 1
+                    ),
                     timeout=self.settings.attempt_timeout(job.duration),
                 )
             except asyncio.CancelledError:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from serve_app.auth import OwnerDep, require_api_key
 from serve_app.deps import DispatcherDep, SettingsDep, StoreDep
+from serve_app.dispatcher import Dispatcher
 from serve_app.jobs import IdempotencyConflict, Job, JobStatus, JobStore, QueueFull
 from serve_app.schemas import ErrorBody, Health, JobAccepted, JobPublic
 from serve_app.settings import Settings
@@ -101,6 +102,18 @@ async def submit_job(
     ] = None,
 ) -> JSONResponse:
     """Store the audio and queue a job; answers before any transcription."""
+    with dispatcher.receiving():
+        return await _accept(request, owner, settings, store, dispatcher, idempotency_key)
+
+
+async def _accept(
+    request: Request,
+    owner: str,
+    settings: Settings,
+    store: JobStore,
+    dispatcher: Dispatcher,
+    idempotency_key: str | None,
+) -> JSONResponse:
     limit = settings.max_file_bytes
     check_declared_length(request.headers.get("content-length"), limit)
     if idempotency_key is None and await asyncio.to_thread(store.count_active) >= (

@@ -88,7 +88,7 @@ class LocalClient:
         self.calls = 0
 
     async def transcribe(
-        self, audio: bytes, options: dict[str, Any], owner: str = ""
+        self, audio: bytes, options: dict[str, Any], owner: str = "", more_coming: bool = False
     ) -> dict[str, Any]:
         self.calls += 1
-        return await self.transcriber.transcribe(audio, options, owner)
+        return await self.transcriber.transcribe(audio, options, owner, more_coming)

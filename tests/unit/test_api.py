@@ -174,7 +174,9 @@ def test_not_multipart_is_415(client: TestClient) -> None:
 
 def test_engine_refusal_ends_the_job_in_error(tmp_path: Path) -> None:
     class Refusing(LocalClient):
-        async def transcribe(self, audio: bytes, options: dict, owner: str = "") -> dict:
+        async def transcribe(
+            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False
+        ) -> dict:
             return {"error": "could not decode the audio: broken frames"}
 
     with TestClient(create_app(make_settings(tmp_path), Refusing())) as c:
@@ -188,7 +190,9 @@ def test_engine_refusal_ends_the_job_in_error(tmp_path: Path) -> None:
 
 def test_a_crashing_engine_is_retried_then_reported(tmp_path: Path) -> None:
     class Crashing(LocalClient):
-        async def transcribe(self, audio: bytes, options: dict, owner: str = "") -> dict:
+        async def transcribe(
+            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False
+        ) -> dict:
             self.calls += 1
             raise ConnectionError("replica died")
 
@@ -251,7 +255,9 @@ def test_jobs_survive_a_new_app_on_the_same_database(tmp_path: Path) -> None:
 class Hanging(LocalClient):
     """An engine that never answers."""
 
-    async def transcribe(self, audio: bytes, options: dict, owner: str = "") -> dict:
+    async def transcribe(
+        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False
+    ) -> dict:
         self.calls += 1
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
@@ -365,9 +371,11 @@ def test_fast_path_and_sweep_racing_for_a_job_still_run_it(tmp_path: Path) -> No
 
 def test_long_poll_answers_when_the_job_ends(tmp_path: Path) -> None:
     class Slow(LocalClient):
-        async def transcribe(self, audio: bytes, options: dict, owner: str = "") -> dict:
+        async def transcribe(
+            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False
+        ) -> dict:
             await asyncio.sleep(0.5)
-            return await super().transcribe(audio, options, owner)
+            return await super().transcribe(audio, options, owner, more_coming)
 
     with TestClient(create_app(make_settings(tmp_path), Slow())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]

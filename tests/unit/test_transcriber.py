@@ -61,3 +61,25 @@ def test_reconfigure_sets_batch_limits() -> None:
 def test_unknown_option_is_an_input_error() -> None:
     reply = asyncio.run(fake_transcriber().transcribe(b"FAKE x 1", {"colour": "red"}))
     assert "colour" in reply["error"]
+
+
+def test_a_hint_that_more_jobs_are_coming_holds_the_first_batch() -> None:
+    """The first job of a burst waits for the others instead of being decoded alone."""
+
+    def first_batch(more_coming: bool) -> list[int]:
+        transcriber = fake_transcriber()
+        transcriber.reconfigure({"batch_wait_timeout_s": 0.0, "batch_wait_busy_s": 0.5})
+
+        async def run() -> None:
+            first = asyncio.create_task(transcriber.transcribe(b"FAKE a 1", {}, "o", more_coming))
+            await asyncio.sleep(0.1)
+            rest = [transcriber.transcribe(b"FAKE b 1", {}, "o") for _ in range(3)]
+            await asyncio.gather(first, *rest)
+
+        asyncio.run(run())
+        engine = transcriber.engine
+        assert isinstance(engine, FakeEngine)
+        return engine.batches
+
+    assert first_batch(more_coming=False)[0] == 1
+    assert first_batch(more_coming=True) == [4]
