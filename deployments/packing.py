@@ -100,7 +100,7 @@ def split_words(
 
     Whisper sometimes stops before the end of a window (a sequential pass
     would go on from there): members whose audio runs on more than
-    ``REACH_SLACK_S`` past the last word are left out, to be decoded alone.
+    ``REACH_SLACK_S`` past the last word are left out, to be decoded again.
     """
     ends = [s + chunks[m].duration for s, m in zip(window.starts, window.members, strict=True)]
     out: dict[int, list[Segment]] = {m: [] for m in window.members}

@@ -136,11 +136,6 @@ class Transcriber:
         logger.info("decoding a batch of %d chunks", len(chunks))
         return await asyncio.to_thread(self.engine.run_batch, chunks)
 
-    def check_health(self) -> None:
-        """Ray calls this periodically; an engine that is gone fails it."""
-        if self.engine is None:
-            raise RuntimeError("engine not loaded")
-
 
 TranscriberDeployment = serve.deployment(
     name="Transcriber",

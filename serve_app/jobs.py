@@ -209,10 +209,6 @@ class JobStore:
         with self._session(write=False) as s:
             return self._count_active(s)
 
-    def find_by_key(self, owner: str, key: str) -> Job | None:
-        with self._session(write=False) as s:
-            return self._by_key(s, owner, key)
-
     def delete(self, job_id: str) -> Job | None:
         """Remove a job's record (its transcript with it); returns what was removed."""
         with self._session(write=True) as s:
