@@ -209,6 +209,30 @@ class JobStore:
         with self._session(write=False) as s:
             return self._count_active(s)
 
+    def list_jobs(
+        self,
+        *,
+        owner: str,
+        status: JobStatus | None,
+        limit: int,
+        before: tuple[float, str] | None = None,
+    ) -> list[Job]:
+        """The owner's jobs, newest first, older than ``before`` (created_at, id)."""
+        query = select(Job).where(Job.owner == owner)
+        if status is not None:
+            query = query.where(Job.status == status)
+        if before is not None:
+            created, job_id = before
+            query = query.where(
+                or_(
+                    col(Job.created_at) < created,
+                    (col(Job.created_at) == created) & (col(Job.id) < job_id),
+                )
+            )
+        query = query.order_by(col(Job.created_at).desc(), col(Job.id).desc()).limit(limit)
+        with self._session(write=False) as s:
+            return list(s.exec(query))
+
     def delete(self, job_id: str) -> Job | None:
         """Remove a job's record (its transcript with it); returns what was removed."""
         with self._session(write=True) as s:

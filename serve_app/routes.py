@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -15,8 +17,10 @@ from fastapi.responses import JSONResponse
 from serve_app.auth import OwnerDep, require_api_key
 from serve_app.deps import DispatcherDep, SettingsDep, StoreDep
 from serve_app.dispatcher import Dispatcher
+from serve_app.formats import MEDIA_TYPES, render
 from serve_app.jobs import IdempotencyConflict, Job, JobStatus, JobStore, QueueFull
-from serve_app.schemas import ErrorBody, Health, JobAccepted, JobPublic
+from serve_app.options import OPENAPI_FIELDS, parse_options
+from serve_app.schemas import ErrorBody, Health, JobAccepted, JobList, JobPublic, JobSummary
 from serve_app.settings import Settings
 from serve_app.uploads import (
     check_declared_length,
@@ -49,7 +53,8 @@ _MULTIPART_BODY: dict[str, Any] = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "the audio"}
+                        "file": {"type": "string", "format": "binary", "description": "the audio"},
+                        **OPENAPI_FIELDS,
                     },
                 }
             }
@@ -127,6 +132,7 @@ async def _accept(
         request.headers.get("content-type"), request.stream(), dest=dest, limit=limit
     )
     try:
+        options = parse_options(upload.fields)
         duration = await asyncio.to_thread(probe_duration, dest)
         if duration is not None and duration > settings.max_audio_seconds:
             raise too_long(duration, settings.max_audio_seconds)
@@ -137,7 +143,7 @@ async def _accept(
             size_bytes=upload.size,
             duration=duration,
             audio_path=str(dest),
-            options={},
+            options=options,
             deadline_s=settings.job_deadline(duration),
             max_active=settings.max_queued_jobs,
             idempotency_key=idempotency_key,
@@ -177,10 +183,60 @@ async def _accept(
 
 
 @jobs_router.get(
+    "",
+    response_model=JobList,
+    response_model_exclude_none=True,
+    responses={400: {"model": ErrorBody, "description": "a cursor this server did not make"}},
+)
+async def list_jobs(
+    owner: OwnerDep,
+    store: StoreDep,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobList:
+    """The caller's own jobs, newest first, a page at a time."""
+    before = _read_cursor(cursor) if cursor else None
+    jobs = await asyncio.to_thread(
+        store.list_jobs, owner=owner, status=status_, limit=limit + 1, before=before
+    )
+    page = jobs[:limit]
+    next_cursor = _make_cursor(page[-1]) if len(jobs) > limit else None
+    return JobList(jobs=[JobSummary.from_job(j) for j in page], next_cursor=next_cursor)
+
+
+def _make_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at, job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(created), str(job_id)
+    except (ValueError, TypeError) as exc:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            "invalid cursor: pass the next_cursor of the previous page unchanged",
+        ) from exc
+
+
+@jobs_router.get(
     "/{job_id}",
     response_model=JobPublic,
     response_model_exclude_none=True,
-    responses={404: {"model": ErrorBody}},
+    responses={
+        200: {
+            "description": "the job as JSON, or its transcript as txt, srt or vtt",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/x-subrip": {"schema": {"type": "string"}},
+                "text/vtt": {"schema": {"type": "string"}},
+            },
+        },
+        404: {"model": ErrorBody},
+        409: {"model": ErrorBody, "description": "format= asked of a job that is not done"},
+    },
 )
 async def get_job(
     job_id: str,
@@ -195,7 +251,11 @@ async def get_job(
             description="seconds to wait for the job to end before answering (long poll)",
         ),
     ] = 0,
-) -> JobPublic:
+    format: Annotated[
+        Literal["json", "txt", "srt", "vtt"],
+        Query(description="json: the job; txt, srt, vtt: its transcript alone"),
+    ] = "json",
+) -> JobPublic | Response:
     """The job's status; with ``done``, its ``text`` and ``segments``; with ``error``, ``error``.
 
     With ``wait=N`` the answer comes as soon as the job ends, or after N seconds.
@@ -208,7 +268,17 @@ async def get_job(
             break
         await dispatcher.wait_any_end(min(left, WAIT_RECHECK_S))
         job = await _own_job(store, job_id, owner)
-    return JobPublic.from_job(job)
+    if format == "json":
+        return JobPublic.from_job(job)
+    result = job.result
+    if job.status != JobStatus.done or result is None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"the job is {job.status.value}: format={format} needs a done job "
+            "(add wait=N to wait for it)",
+        )
+    body = render(format, str(result.get("text", "")), list(result.get("segments", [])))
+    return Response(body, media_type=MEDIA_TYPES[format])
 
 
 @jobs_router.delete(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Self
 
 from pydantic import BaseModel, Field
 
@@ -21,7 +22,9 @@ class JobAccepted(BaseModel):
     status: JobStatus = JobStatus.queued
 
 
-class JobPublic(BaseModel):
+class JobSummary(BaseModel):
+    """A job without its transcript (listings)."""
+
     job_id: str
     status: JobStatus
     created_at: datetime
@@ -30,13 +33,11 @@ class JobPublic(BaseModel):
     duration: float | None = Field(default=None, description="audio length in seconds")
     attempts: int = 0
     language: str | None = None
-    text: str | None = None
-    segments: list[SegmentPublic] | None = None
     error: str | None = None
     error_code: str | None = None
 
     @classmethod
-    def from_job(cls, job: Job) -> JobPublic:
+    def from_job(cls, job: Job) -> Self:
         result = job.result or {}
         return cls(
             job_id=job.id,
@@ -47,11 +48,34 @@ class JobPublic(BaseModel):
             duration=job.duration,
             attempts=job.attempts,
             language=result.get("language"),
-            text=result.get("text"),
-            segments=result.get("segments"),
             error=job.error,
             error_code=job.error_code,
         )
+
+
+class JobPublic(JobSummary):
+    """A job; with ``done``, its transcript."""
+
+    text: str | None = None
+    segments: list[SegmentPublic] | None = None
+
+    @classmethod
+    def from_job(cls, job: Job) -> Self:
+        result = job.result or {}
+        return cls.model_validate(
+            {
+                **JobSummary.from_job(job).model_dump(),
+                "text": result.get("text"),
+                "segments": result.get("segments"),
+            }
+        )
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(
+        default=None, description="pass as cursor= for the next page; absent on the last"
+    )
 
 
 class Health(BaseModel):

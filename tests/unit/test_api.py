@@ -392,3 +392,106 @@ def test_long_poll_answers_when_the_job_ends(tmp_path: Path) -> None:
         assert 0.5 < time.monotonic() - begin < 3
         too_long = c.get(f"/transcribe/{job_id}?wait=61", headers=AUTH)
         assert too_long.status_code == 422
+
+
+class Recording(LocalClient):
+    """Remembers the options each job was sent with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.options: list[dict] = []
+
+    async def transcribe(
+        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False
+    ) -> dict:
+        self.options.append(options)
+        return await super().transcribe(audio, options, owner, more_coming)
+
+
+def test_job_options_travel_to_the_engine(tmp_path: Path) -> None:
+    recording = Recording()
+    with TestClient(create_app(make_settings(tmp_path), recording)) as c:
+        form = {
+            "language": "FR",
+            "task": "translate",
+            "vad_filter": "false",
+            "initial_prompt": "PILOTYS",
+        }
+        r = c.post(
+            "/transcribe", headers=AUTH, files={"file": ("a.flac", JFK.read_bytes())}, data=form
+        )
+        assert r.status_code == 202, r.text
+        wait_done(c, r.json()["job_id"])
+    assert recording.options == [
+        {"language": "fr", "task": "translate", "vad_filter": False, "initial_prompt": "PILOTYS"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("form", "words"),
+    [
+        ({"language": "klingon"}, "language"),
+        ({"task": "summarize"}, "task"),
+        ({"vad_filter": "perhaps"}, "vad_filter"),
+        ({"colour": "red"}, "colour"),
+        ({"initial_prompt": "x" * 1001}, "initial_prompt"),
+    ],
+)
+def test_bad_options_are_400_and_leave_nothing(
+    client: TestClient, tmp_path: Path, form: dict, words: str
+) -> None:
+    r = client.post(
+        "/transcribe", headers=AUTH, files={"file": ("a.flac", JFK.read_bytes())}, data=form
+    )
+    assert r.status_code == 400 and words in r.json()["detail"]
+    assert uploads(tmp_path) == []
+
+
+def test_a_done_job_renders_as_txt_srt_and_vtt(client: TestClient) -> None:
+    job_id = submit(client, JFK.read_bytes())["job_id"]
+    wait_done(client, job_id)
+    txt = client.get(f"/transcribe/{job_id}?format=txt", headers=AUTH)
+    assert txt.headers["content-type"].startswith("text/plain")
+    assert txt.text == "audio part 0\n"
+    srt = client.get(f"/transcribe/{job_id}?format=srt", headers=AUTH)
+    assert srt.headers["content-type"].startswith("application/x-subrip")
+    assert srt.text == "1\n00:00:00,000 --> 00:00:30,000\naudio part 0\n"
+    vtt = client.get(f"/transcribe/{job_id}?format=vtt", headers=AUTH)
+    assert vtt.text == "WEBVTT\n\n00:00:00.000 --> 00:00:30.000\naudio part 0\n"
+    assert client.get(f"/transcribe/{job_id}?format=pdf", headers=AUTH).status_code == 422
+
+
+def test_format_of_an_unfinished_job_is_409(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path), Hanging())) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        r = c.get(f"/transcribe/{job_id}?format=srt", headers=AUTH)
+    assert r.status_code == 409 and "wait=" in r.json()["detail"]
+
+
+def test_listing_pages_through_own_jobs_newest_first(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, whisper_api_key="k1,k2"), LocalClient())
+    k1, k2 = ({"Authorization": f"Bearer {k}"} for k in ("k1", "k2"))
+    with TestClient(app) as c:
+        mine = [
+            c.post("/transcribe", headers=k1, files={"file": ("a", JFK.read_bytes())}).json()[
+                "job_id"
+            ]
+            for _ in range(5)
+        ]
+        c.post("/transcribe", headers=k2, files={"file": ("a", JFK.read_bytes())})
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+            page = c.get("/transcribe", headers=k1, params=params).json()
+            assert len(page["jobs"]) <= 2
+            assert all("text" not in j for j in page["jobs"])
+            seen += [j["job_id"] for j in page["jobs"]]
+            cursor = page.get("next_cursor")
+            if cursor is None:
+                break
+        assert seen == list(reversed(mine))
+        done = c.get("/transcribe", headers=k1, params={"status": "queued"}).json()["jobs"]
+        assert all(j["status"] == "queued" for j in done)
+        assert c.get("/transcribe", headers=k1, params={"cursor": "nonsense"}).status_code == 400
+        assert c.get("/transcribe", headers=k1, params={"limit": 101}).status_code == 422

@@ -1,0 +1,57 @@
+"""Per-job options, sent as form fields beside the file."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serve_app.uploads import UploadError
+
+
+class JobOptions(BaseModel):
+    """How to transcribe one job; the Whisper deployment applies them per window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    language: str | None = Field(
+        default=None, description="ISO 639-1 code such as fr or en; detected when left out"
+    )
+    task: Literal["transcribe", "translate"] = Field(
+        default="transcribe", description="translate: into English"
+    )
+    vad_filter: bool = Field(default=True, description="drop silence before decoding")
+    initial_prompt: str | None = Field(
+        default=None, max_length=1000, description="words to prime the model with (names, terms)"
+    )
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        code = value.strip().lower()
+        if code not in _LANGUAGE_CODES:
+            raise ValueError(f"{value!r} is not a Whisper language code (en, fr, de, es...)")
+        return code
+
+
+OPENAPI_FIELDS: dict[str, Any] = {
+    name: {k: v for k, v in schema.items() if k != "title"}
+    for name, schema in JobOptions.model_json_schema()["properties"].items()
+}
+
+
+def parse_options(fields: dict[str, str]) -> dict[str, Any]:
+    """Validate the form fields sent beside ``file``; 400 with what to fix."""
+    try:
+        options = JobOptions.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'form'}: "
+            f"{str(err['msg']).removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise UploadError(400, f"invalid options: {problems}") from None
+    return options.model_dump(exclude_defaults=True)
