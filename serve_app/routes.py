@@ -6,8 +6,6 @@ import asyncio
 import base64
 import json
 import logging
-import time
-import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,25 +14,15 @@ from fastapi.responses import JSONResponse
 
 from serve_app.auth import OwnerDep, require_api_key
 from serve_app.deps import DispatcherDep, SettingsDep, StoreDep
-from serve_app.dispatcher import Dispatcher
 from serve_app.formats import MEDIA_TYPES, render
-from serve_app.jobs import IdempotencyConflict, Job, JobStatus, JobStore, QueueFull
-from serve_app.options import OPENAPI_FIELDS, parse_options
+from serve_app.intake import accept_job, own_job, wait_for_end
+from serve_app.jobs import Job, JobStatus
+from serve_app.options import OPENAPI_FIELDS
 from serve_app.schemas import ErrorBody, Health, JobAccepted, JobList, JobPublic, JobSummary
-from serve_app.settings import Settings
-from serve_app.uploads import (
-    check_declared_length,
-    probe_duration,
-    receive_upload,
-    too_long,
-)
 
 logger = logging.getLogger("ray.serve.whisper.routes")
 
-RETRY_AFTER_S = 10
 MAX_WAIT_S = 60
-# A long poll re-reads the job this often, for jobs another gateway replica ends.
-WAIT_RECHECK_S = 0.25
 
 health_router = APIRouter()
 jobs_router = APIRouter(
@@ -69,15 +57,6 @@ async def health(settings: SettingsDep) -> Health:
     return Health(model=settings.whisper_model)
 
 
-def _queue_full(settings: Settings) -> HTTPException:
-    return HTTPException(
-        status.HTTP_429_TOO_MANY_REQUESTS,
-        f"the server has {settings.max_queued_jobs} jobs queued or running (MAX_QUEUED_JOBS); "
-        f"retry after {RETRY_AFTER_S} s",
-        headers={"Retry-After": str(RETRY_AFTER_S)},
-    )
-
-
 @jobs_router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
@@ -107,78 +86,23 @@ async def submit_job(
     ] = None,
 ) -> JSONResponse:
     """Store the audio and queue a job; answers before any transcription."""
-    with dispatcher.receiving():
-        return await _accept(request, owner, settings, store, dispatcher, idempotency_key)
-
-
-async def _accept(
-    request: Request,
-    owner: str,
-    settings: Settings,
-    store: JobStore,
-    dispatcher: Dispatcher,
-    idempotency_key: str | None,
-) -> JSONResponse:
-    limit = settings.max_file_bytes
-    check_declared_length(request.headers.get("content-length"), limit)
-    if idempotency_key is None and await asyncio.to_thread(store.count_active) >= (
-        settings.max_queued_jobs
-    ):
-        raise _queue_full(settings)
-    job_id = str(uuid.uuid4())
-    settings.upload_dir.mkdir(parents=True, exist_ok=True)
-    dest = settings.upload_dir / f"{job_id}.audio"
-    upload = await receive_upload(
-        request.headers.get("content-type"), request.stream(), dest=dest, limit=limit
+    job, created = await accept_job(
+        request,
+        owner=owner,
+        settings=settings,
+        store=store,
+        dispatcher=dispatcher,
+        idempotency_key=idempotency_key,
     )
-    try:
-        options = parse_options(upload.fields)
-        duration = await asyncio.to_thread(probe_duration, dest)
-        if duration is not None and duration > settings.max_audio_seconds:
-            raise too_long(duration, settings.max_audio_seconds)
-        job, created = await asyncio.to_thread(
-            store.create,
-            job_id=job_id,
-            owner=owner,
-            size_bytes=upload.size,
-            duration=duration,
-            audio_path=str(dest),
-            options=options,
-            deadline_s=settings.job_deadline(duration),
-            max_active=settings.max_queued_jobs,
-            idempotency_key=idempotency_key,
-            audio_sha256=upload.sha256,
-        )
-    except QueueFull:
-        dest.unlink(missing_ok=True)
-        raise _queue_full(settings) from None
-    except IdempotencyConflict:
-        dest.unlink(missing_ok=True)
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            "this Idempotency-Key was used with another file: use a new key for new audio",
-        ) from None
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
+    body = JobAccepted(job_id=job.id, status=job.status).model_dump(mode="json")
     if not created:
-        dest.unlink(missing_ok=True)
         return JSONResponse(
-            JobAccepted(job_id=job.id, status=job.status).model_dump(mode="json"),
+            body,
             status_code=status.HTTP_200_OK,
             headers={"Location": f"/transcribe/{job.id}", "Idempotent-Replayed": "true"},
         )
-    dispatcher.submit(job_id)
-    logger.info(
-        "job %s queued: %d bytes, %s s of audio",
-        job_id,
-        upload.size,
-        "?" if duration is None else f"{duration:.1f}",
-    )
     return JSONResponse(
-        JobAccepted(job_id=job_id).model_dump(mode="json"),
-        status_code=status.HTTP_202_ACCEPTED,
-        headers={"Location": f"/transcribe/{job_id}"},
+        body, status_code=status.HTTP_202_ACCEPTED, headers={"Location": f"/transcribe/{job.id}"}
     )
 
 
@@ -260,14 +184,7 @@ async def get_job(
 
     With ``wait=N`` the answer comes as soon as the job ends, or after N seconds.
     """
-    job = await _own_job(store, job_id, owner)
-    deadline = time.monotonic() + wait
-    while job.status not in (JobStatus.done, JobStatus.error):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        await dispatcher.wait_any_end(min(left, WAIT_RECHECK_S))
-        job = await _own_job(store, job_id, owner)
+    job = await wait_for_end(store, dispatcher, job_id, owner, wait)
     if format == "json":
         return JobPublic.from_job(job)
     result = job.result
@@ -290,18 +207,10 @@ async def delete_job(
     job_id: str, owner: OwnerDep, store: StoreDep, dispatcher: DispatcherDep
 ) -> Response:
     """Remove the job, its audio and its transcript; a running job is cancelled."""
-    await _own_job(store, job_id, owner)
+    await own_job(store, job_id, owner)
     job = await asyncio.to_thread(store.delete, job_id)
     dispatcher.cancel(job_id)
     if job is not None and job.audio_path:
         Path(job.audio_path).unlink(missing_ok=True)
     logger.info("job %s deleted", job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-async def _own_job(store: JobStore, job_id: str, owner: str) -> Job:
-    """The caller's job; another key's job is as unknown as a missing one."""
-    job = await asyncio.to_thread(store.get, job_id)
-    if job is None or job.owner != owner:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}")
-    return job

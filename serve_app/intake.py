@@ -1,0 +1,131 @@
+"""Taking a job in (upload, probe, record, dispatch) and waiting for it to end.
+
+Shared by the job API (serve_app/routes.py) and the OpenAI-compatible API
+(serve_app/openai_compat.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import HTTPException, Request, status
+
+from serve_app.dispatcher import Dispatcher
+from serve_app.jobs import IdempotencyConflict, Job, JobStatus, JobStore, QueueFull
+from serve_app.options import parse_options
+from serve_app.settings import Settings
+from serve_app.uploads import check_declared_length, probe_duration, receive_upload, too_long
+
+logger = logging.getLogger("ray.serve.whisper.intake")
+
+RETRY_AFTER_S = 10
+# A waiting request re-reads the job this often, for jobs another gateway replica ends.
+WAIT_RECHECK_S = 0.25
+
+
+def queue_full(settings: Settings) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        f"the server has {settings.max_queued_jobs} jobs queued or running (MAX_QUEUED_JOBS); "
+        f"retry after {RETRY_AFTER_S} s",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+async def accept_job(
+    request: Request,
+    *,
+    owner: str,
+    settings: Settings,
+    store: JobStore,
+    dispatcher: Dispatcher,
+    idempotency_key: str | None = None,
+    options_from: Callable[[dict[str, str]], dict[str, Any]] = parse_options,
+) -> tuple[Job, bool]:
+    """Stream the upload to disk, check it, record a queued job and start it.
+
+    Returns (job, created): with an Idempotency-Key used before, the earlier
+    job and False. Leaves no file behind when it refuses.
+    """
+    with dispatcher.receiving():
+        limit = settings.max_file_bytes
+        check_declared_length(request.headers.get("content-length"), limit)
+        if idempotency_key is None and await asyncio.to_thread(store.count_active) >= (
+            settings.max_queued_jobs
+        ):
+            raise queue_full(settings)
+        job_id = str(uuid.uuid4())
+        settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        dest = settings.upload_dir / f"{job_id}.audio"
+        upload = await receive_upload(
+            request.headers.get("content-type"), request.stream(), dest=dest, limit=limit
+        )
+        try:
+            options = options_from(upload.fields)
+            duration = await asyncio.to_thread(probe_duration, dest)
+            if duration is not None and duration > settings.max_audio_seconds:
+                raise too_long(duration, settings.max_audio_seconds)
+            job, created = await asyncio.to_thread(
+                store.create,
+                job_id=job_id,
+                owner=owner,
+                size_bytes=upload.size,
+                duration=duration,
+                audio_path=str(dest),
+                options=options,
+                deadline_s=settings.job_deadline(duration),
+                max_active=settings.max_queued_jobs,
+                idempotency_key=idempotency_key,
+                audio_sha256=upload.sha256,
+            )
+        except QueueFull:
+            dest.unlink(missing_ok=True)
+            raise queue_full(settings) from None
+        except IdempotencyConflict:
+            dest.unlink(missing_ok=True)
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                "this Idempotency-Key was used with another file: use a new key for new audio",
+            ) from None
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        if not created:
+            dest.unlink(missing_ok=True)
+            return job, False
+        dispatcher.submit(job_id)
+        logger.info(
+            "job %s queued: %d bytes, %s s of audio",
+            job_id,
+            upload.size,
+            "?" if duration is None else f"{duration:.1f}",
+        )
+        return job, True
+
+
+async def own_job(store: JobStore, job_id: str, owner: str) -> Job:
+    """The caller's job; another key's job is as unknown as a missing one."""
+    job = await asyncio.to_thread(store.get, job_id)
+    if job is None or job.owner != owner:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}")
+    return job
+
+
+async def wait_for_end(
+    store: JobStore, dispatcher: Dispatcher, job_id: str, owner: str, wait: float
+) -> Job:
+    """The job once it is done or failed, or as it is after ``wait`` seconds."""
+    job = await own_job(store, job_id, owner)
+    deadline = time.monotonic() + wait
+    while job.status not in (JobStatus.done, JobStatus.error):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        await dispatcher.wait_any_end(min(left, WAIT_RECHECK_S))
+        job = await own_job(store, job_id, owner)
+    return job
