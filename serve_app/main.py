@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.dispatcher import Dispatcher, TranscriberClient
 from serve_app.jobs import JobStore
+from serve_app.openai_compat import error_body
+from serve_app.openai_compat import router as openai_router
 from serve_app.routes import health_router, jobs_router
 from serve_app.settings import Settings
 from serve_app.uploads import UploadError
@@ -66,16 +74,41 @@ def create_app(settings: Settings, client: TranscriberClient) -> FastAPI:
     )
     app.include_router(health_router)
     app.include_router(jobs_router)
+    app.include_router(openai_router)
+
+    # Errors are {"detail": message}, or OpenAI's error object under /v1/.
+    def error(
+        request: Request,
+        code: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        param: str | None = None,
+    ) -> JSONResponse:
+        openai = request.url.path.startswith("/v1/")
+        body = error_body(code, message, param) if openai else {"detail": message}
+        return JSONResponse(body, status_code=code, headers=dict(headers or {}))
 
     @app.exception_handler(UploadError)
-    async def _upload_error(_request: Request, exc: UploadError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+    async def _upload_error(request: Request, exc: UploadError) -> JSONResponse:
+        return error(request, exc.status, exc.message, param=exc.param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if not request.url.path.startswith("/v1/"):
+            return await http_exception_handler(request, exc)
+        return error(request, exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if not request.url.path.startswith("/v1/"):
+            return await request_validation_exception_handler(request, exc)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = str(first["loc"][-1]) if first["loc"] else None
+        return error(request, 400, f"{param}: {first['msg']}", param=param)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
-        return JSONResponse(
-            {"detail": "internal error; the server logs have details"}, status_code=500
-        )
+        return error(request, 500, "internal error; the server logs have details")
 
     return app

@@ -25,10 +25,12 @@ MAX_FIELD_BYTES = 16 * 1024
 class UploadError(Exception):
     """An upload the server refuses; ``status`` is the HTTP code to answer."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.param = param
+        """The form field at fault, where one is."""
 
 
 @dataclass

@@ -162,3 +162,18 @@ def test_packed_jobs_of_two_clients_never_mix(server: Server, client: httpx.Clie
         if "packed" in p.read_text(errors="replace")
     ]
     assert packed, "short jobs of one client should have shared windows"
+
+
+def test_the_openai_sdk_transcribes_through_the_real_server(server: Server) -> None:
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, timeout=120)
+    with JFK.open("rb") as f:
+        verbose = sdk.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="verbose_json"
+        )
+    assert "ask not what your country can do for you" in words(verbose.text)
+    assert verbose.segments and verbose.segments[-1].end <= 11.1
+    with JFK.open("rb") as f:
+        srt = sdk.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
+    assert srt.startswith("1\n00:00:0")

@@ -1,0 +1,189 @@
+"""OpenAI-compatible transcription endpoints, for clients written against the OpenAI SDK.
+
+    OpenAI(base_url="http://host:8000/v1", api_key=KEY).audio.transcriptions.create(...)
+
+Requests go through the same job queue as ``POST /transcribe`` (so they are
+batched, recorded and retried) and the answer waits for the job to end.
+Errors take OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from serve_app.auth import OwnerDep, require_api_key
+from serve_app.deps import DispatcherDep, SettingsDep, StoreDep
+from serve_app.formats import MEDIA_TYPES, render
+from serve_app.intake import accept_job, wait_for_end
+from serve_app.jobs import JobStatus
+from serve_app.options import parse_options
+from serve_app.settings import Settings
+from serve_app.uploads import UploadError
+
+# How long a request waits for its job before answering with the job id to poll.
+OPENAI_WAIT_S = 600
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+MODEL_ALIASES = ("whisper-1",)
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
+
+_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "model": {"type": "string", "default": "whisper-1"},
+                        "language": {"type": "string"},
+                        "prompt": {"type": "string", "maxLength": 1000},
+                        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
+                        "timestamp_granularities[]": {"type": "string", "enum": ["segment"]},
+                    },
+                }
+            }
+        },
+    }
+}
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the transcript, in the response_format asked for",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/plain": {"schema": {"type": "string"}},
+            "application/x-subrip": {"schema": {"type": "string"}},
+            "text/vtt": {"schema": {"type": "string"}},
+        },
+    },
+    "4XX": {
+        "description": 'OpenAI\'s error shape: {"error": {"message", "type", "param", "code"}}'
+    },
+}
+
+
+def error_body(status_code: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object for an HTTP status."""
+    kind = {401: "authentication_error", 429: "rate_limit_error"}.get(
+        status_code, "server_error" if status_code >= 500 else "invalid_request_error"
+    )
+    code = {401: "invalid_api_key", 404: "not_found", 413: "file_too_large"}.get(status_code)
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def job_options(fields: dict[str, str], task: str, settings: Settings) -> dict[str, Any]:
+    """Map OpenAI's form fields onto this server's job options."""
+    model = fields.get("model", MODEL_ALIASES[0])
+    if model not in (*MODEL_ALIASES, settings.whisper_model):
+        raise UploadError(
+            400,
+            f"model {model!r} is not served here: use 'whisper-1' (this server runs "
+            f"{settings.whisper_model})",
+            "model",
+        )
+    if fields.get("response_format", "json") not in RESPONSE_FORMATS:
+        raise UploadError(
+            400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", "response_format"
+        )
+    granularity = fields.get("timestamp_granularities[]", "segment")
+    if granularity != "segment":
+        raise UploadError(
+            400,
+            "timestamp_granularities[]=word is not supported yet: use segment",
+            "timestamp_granularities[]",
+        )
+    temperature = fields.get("temperature", "0")
+    try:
+        if not 0 <= float(temperature) <= 1:
+            raise ValueError
+    except ValueError:
+        raise UploadError(400, "temperature must be a number from 0 to 1", "temperature") from None
+    options = {"task": task}
+    if fields.get("prompt"):
+        options["initial_prompt"] = fields["prompt"]
+    if task == "transcribe" and fields.get("language"):
+        options["language"] = fields["language"]
+    return parse_options(options)
+
+
+async def _run(
+    request: Request,
+    task: Literal["transcribe", "translate"],
+    owner: str,
+    settings: Settings,
+    store: Any,
+    dispatcher: Any,
+) -> Response:
+    fields: dict[str, str] = {}
+
+    def options_from(form: dict[str, str]) -> dict[str, Any]:
+        fields.update(form)
+        return job_options(form, task, settings)
+
+    job, _created = await accept_job(
+        request,
+        owner=owner,
+        settings=settings,
+        store=store,
+        dispatcher=dispatcher,
+        options_from=options_from,
+    )
+    job = await wait_for_end(store, dispatcher, job.id, owner, OPENAI_WAIT_S)
+    if job.status == JobStatus.error:
+        code = status.HTTP_400_BAD_REQUEST if job.error_code == "invalid_audio" else 500
+        raise HTTPException(code, job.error or "transcription failed")
+    result = job.result
+    if job.status != JobStatus.done or result is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"the transcription is still {job.status.value} after {OPENAI_WAIT_S} s; "
+            f"poll GET /transcribe/{job.id}",
+            headers={"Retry-After": "30"},
+        )
+    text = str(result.get("text", ""))
+    segments = list(result.get("segments", []))
+    fmt = fields.get("response_format", "json")
+    if fmt == "json":
+        return JSONResponse({"text": text})
+    if fmt == "verbose_json":
+        return JSONResponse(
+            {
+                "task": task,
+                "language": result.get("language"),
+                "duration": result.get("duration"),
+                "text": text,
+                "segments": segments,
+            }
+        )
+    body = render({"text": "txt"}.get(fmt, fmt), text, segments)
+    return Response(body, media_type=MEDIA_TYPES[{"text": "txt"}.get(fmt, fmt)])
+
+
+@router.post("/audio/transcriptions", openapi_extra=_FORM, responses=_ANSWERS)
+async def transcriptions(
+    request: Request,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    dispatcher: DispatcherDep,
+) -> Response:
+    """Speech to text in its own language (OpenAI's ``audio.transcriptions.create``)."""
+    return await _run(request, "transcribe", owner, settings, store, dispatcher)
+
+
+@router.post("/audio/translations", openapi_extra=_FORM, responses=_ANSWERS)
+async def translations(
+    request: Request,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    dispatcher: DispatcherDep,
+) -> Response:
+    """Speech to English text (``audio.translations.create``; needs a multilingual model)."""
+    return await _run(request, "translate", owner, settings, store, dispatcher)
