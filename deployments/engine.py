@@ -31,7 +31,7 @@ from deployments.interface import (
     Task,
     TranscribeOptions,
 )
-from deployments.packing import Packing, Window, plan_windows, split_words
+from deployments.packing import Packing, Window, plan_windows, split_words, timed_words
 
 logger = logging.getLogger("ray.serve.whisper.engine")
 
@@ -115,6 +115,7 @@ class WhisperEngine:
                 task=options.task,
                 beam_size=options.beam_size,
                 packable=len(pieces) == 1,
+                word_timestamps=options.word_timestamps,
             )
             for piece, (offset, duration) in zip(pieces, layout.windows, strict=True)
         ]
@@ -164,20 +165,21 @@ class WhisperEngine:
         self, windows: list[Window], chunks: Sequence[Chunk], results: list[ChunkResult]
     ) -> list[int]:
         """Decode windows into ``results``; return members a packed window did not reach."""
-        # Packed windows need word alignment, which takes one tokenizer per call.
-        groups: dict[tuple[int, bool, str, str], list[Window]] = {}
+        # Word alignment (packed windows, or asked for) takes one tokenizer per call.
+        groups: dict[tuple[int, bool, bool, str, str], list[Window]] = {}
         unreached: list[int] = []
         for window in windows:
             c = chunks[window.members[0]]
+            aligned = window.packed or c.word_timestamps
             key = (
-                (c.beam_size, True, c.language, c.task)
-                if window.packed
-                else (c.beam_size, False, "", "")
+                (c.beam_size, window.packed, True, c.language, c.task)
+                if aligned
+                else (c.beam_size, False, False, "", "")
             )
             groups.setdefault(key, []).append(window)
-        for (beam, packed, _lang, _task), windows in groups.items():
+        for (beam, packed, aligned, _lang, _task), windows in groups.items():
             try:
-                decoded = self._decode(windows, chunks, beam, packed)
+                decoded = self._decode(windows, chunks, beam, packed, aligned)
             except Exception as exc:
                 logger.warning(
                     "batch of %d windows failed (%s); decoding them one by one",
@@ -187,7 +189,7 @@ class WhisperEngine:
                 decoded = {}
                 for window in windows:
                     try:
-                        decoded |= self._decode([window], chunks, beam, packed)
+                        decoded |= self._decode([window], chunks, beam, packed, aligned)
                     except Exception as alone:
                         for member in window.members:
                             results[member] = ChunkResult(
@@ -204,9 +206,17 @@ class WhisperEngine:
         return unreached
 
     def _decode(
-        self, windows: list[Window], chunks: Sequence[Chunk], beam_size: int, packed: bool
+        self,
+        windows: list[Window],
+        chunks: Sequence[Chunk],
+        beam_size: int,
+        packed: bool,
+        aligned: bool,
     ) -> dict[int, list[Segment]]:
-        """One encode and one generate over ``windows``; segments per member chunk."""
+        """One encode and one generate over ``windows``; segments per member chunk.
+
+        ``aligned``: add word timestamps (always for packed windows).
+        """
         model = self.model
         first = [chunks[w.members[0]] for w in windows]
         encoder_output = model.encode(np.stack([self._features(w.samples) for w in windows]))
@@ -238,13 +248,20 @@ class WhisperEngine:
                 piece["start"] = min(max(piece["start"], offset), last)
                 piece["end"] = min(max(piece["end"], offset), last)
                 piece["text"] = tokenizer.decode(piece["tokens"])
-                piece["seek"] = 0
+                # Word times count from here, as the segment times do.
+                piece["seek"] = round(offset * model.frames_per_second)
             per_window.append(pieces)
         if not packed:
+            if aligned:
+                self._add_words(windows, first, per_window, encoder_output)
             return {
                 w.members[0]: [
                     Segment(
-                        id=0, start=round(p["start"], 3), end=round(p["end"], 3), text=p["text"]
+                        id=0,
+                        start=round(p["start"], 3),
+                        end=round(p["end"], 3),
+                        text=p["text"],
+                        words=timed_words(p) if aligned else None,
                     )
                     for p in pieces
                     if p["text"].strip()

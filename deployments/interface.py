@@ -24,6 +24,7 @@ class TranscribeOptions:
     task: Task = "transcribe"
     initial_prompt: str | None = None
     vad_filter: bool = True
+    word_timestamps: bool = False
     beam_size: int = 5
 
 
@@ -42,6 +43,15 @@ class Chunk:
     """Chunks share a window only with the same key: the owner and the options."""
     packable: bool = False
     """The job's only chunk: it may share a window with other short jobs."""
+    word_timestamps: bool = False
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
 
 
 @dataclass
@@ -50,6 +60,7 @@ class Segment:
     start: float
     end: float
     text: str
+    words: list[Word] | None = None
 
 
 @dataclass
@@ -116,15 +127,28 @@ def assemble(prepared: PreparedAudio, results: Sequence[ChunkResult]) -> Transcr
     for result in results:
         if result.error is not None:
             raise AudioError(result.error)
+    layout = prepared.layout
     segments: list[Segment] = []
     for result in results:
         for seg in result.segments:
+            words = None
+            if seg.words is not None:
+                words = [
+                    Word(
+                        start=layout.original_time(w.start),
+                        end=layout.original_time(w.end, is_end=True),
+                        word=w.word,
+                        probability=w.probability,
+                    )
+                    for w in seg.words
+                ]
             segments.append(
                 Segment(
                     id=len(segments),
-                    start=prepared.layout.original_time(seg.start),
-                    end=prepared.layout.original_time(seg.end, is_end=True),
+                    start=layout.original_time(seg.start),
+                    end=layout.original_time(seg.end, is_end=True),
                     text=seg.text,
+                    words=words,
                 )
             )
     text = "".join(seg.text for seg in segments).strip()

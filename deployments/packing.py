@@ -9,14 +9,14 @@ Splitting by segment instead mixes clips up: one segment can span two clips.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from deployments.audio import SAMPLE_RATE
-from deployments.interface import Chunk, Segment
+from deployments.interface import Chunk, Segment, Word
 
 GAP_S = 1.0
 # Speech left after the last decoded word for a clip to count as cut short.
@@ -89,6 +89,21 @@ def plan_windows(chunks: Sequence[Chunk], packing: Packing) -> list[Window]:
     return windows
 
 
+def timed_words(
+    piece: dict[str, Any], clock: Callable[[float], float] = lambda t: round(float(t), 3)
+) -> list[Word]:
+    """faster-whisper's word dicts as Words, their times passed through ``clock``."""
+    return [
+        Word(
+            start=clock(w["start"]),
+            end=clock(w["end"]),
+            word=w["word"],
+            probability=round(float(w["probability"]), 4),
+        )
+        for w in piece.get("words") or []
+    ]
+
+
 def split_words(
     window: Window, chunks: Sequence[Chunk], subsegments: list[dict[str, Any]]
 ) -> dict[int, list[Segment]]:
@@ -126,7 +141,13 @@ def split_words(
             if text.strip():
                 out[member].append(
                     Segment(
-                        id=0, start=local(words[0]["start"]), end=local(words[-1]["end"]), text=text
+                        id=0,
+                        start=local(words[0]["start"]),
+                        end=local(words[-1]["end"]),
+                        text=text,
+                        words=timed_words({"words": words}, local)
+                        if chunk.word_timestamps
+                        else None,
                     )
                 )
     reached = max((w["end"] for sub in subsegments for w in sub.get("words") or []), default=0.0)

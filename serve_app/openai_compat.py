@@ -45,7 +45,10 @@ _FORM: dict[str, Any] = {
                         "prompt": {"type": "string", "maxLength": 1000},
                         "temperature": {"type": "number", "minimum": 0, "maximum": 1},
                         "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
-                        "timestamp_granularities[]": {"type": "string", "enum": ["segment"]},
+                        "timestamp_granularities[]": {
+                            "type": "string",
+                            "enum": ["segment", "word"],
+                        },
                     },
                 }
             }
@@ -91,12 +94,10 @@ def job_options(fields: dict[str, str], task: str, settings: Settings) -> dict[s
         raise UploadError(
             400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", "response_format"
         )
-    granularity = fields.get("timestamp_granularities[]", "segment")
-    if granularity != "segment":
+    granularities = set(fields.get("timestamp_granularities[]", "segment").split(","))
+    if not granularities <= {"segment", "word"}:
         raise UploadError(
-            400,
-            "timestamp_granularities[]=word is not supported yet: use segment",
-            "timestamp_granularities[]",
+            400, "timestamp_granularities[] takes segment and word", "timestamp_granularities[]"
         )
     temperature = fields.get("temperature", "0")
     try:
@@ -104,7 +105,9 @@ def job_options(fields: dict[str, str], task: str, settings: Settings) -> dict[s
             raise ValueError
     except ValueError:
         raise UploadError(400, "temperature must be a number from 0 to 1", "temperature") from None
-    options = {"task": task}
+    options: dict[str, Any] = {"task": task}
+    if "word" in granularities:
+        options["word_timestamps"] = True
     if fields.get("prompt"):
         options["initial_prompt"] = fields["prompt"]
     if task == "transcribe" and fields.get("language"):
@@ -152,15 +155,20 @@ async def _run(
     if fmt == "json":
         return JSONResponse({"text": text})
     if fmt == "verbose_json":
-        return JSONResponse(
-            {
-                "task": task,
-                "language": result.get("language"),
-                "duration": result.get("duration"),
-                "text": text,
-                "segments": segments,
-            }
-        )
+        verbose: dict[str, Any] = {
+            "task": task,
+            "language": result.get("language"),
+            "duration": result.get("duration"),
+            "text": text,
+            "segments": [{k: v for k, v in s.items() if k != "words"} for s in segments],
+        }
+        if (job.options or {}).get("word_timestamps"):
+            verbose["words"] = [
+                {"word": w["word"].strip(), "start": w["start"], "end": w["end"]}
+                for s in segments
+                for w in s.get("words") or []
+            ]
+        return JSONResponse(verbose)
     body = render({"text": "txt"}.get(fmt, fmt), text, segments)
     return Response(body, media_type=MEDIA_TYPES[{"text": "txt"}.get(fmt, fmt)])
 

@@ -22,6 +22,7 @@ class JobOptions(BaseModel):
         default="transcribe", description="translate: into English"
     )
     vad_filter: bool = Field(default=True, description="drop silence before decoding")
+    word_timestamps: bool = Field(default=False, description="time every word of every segment")
     initial_prompt: str | None = Field(
         default=None, max_length=1000, description="words to prime the model with (names, terms)"
     )

@@ -10,11 +10,19 @@ from pydantic import BaseModel, Field
 from serve_app.jobs import Job, JobStatus
 
 
+class WordPublic(BaseModel):
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
 class SegmentPublic(BaseModel):
     id: int
     start: float = Field(description="seconds from the start of the audio")
     end: float
     text: str
+    words: list[WordPublic] | None = Field(default=None, description="with word_timestamps=true")
 
 
 class JobAccepted(BaseModel):

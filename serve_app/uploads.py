@@ -124,7 +124,10 @@ class _FormWriter:
             self._out.close()
             self._out = None
         elif self._name:
-            self.upload.fields[self._name] = self._value.decode("utf-8", "replace")
+            value = self._value.decode("utf-8", "replace")
+            # A repeated field (timestamp_granularities[]) keeps every value.
+            previous = self.upload.fields.get(self._name)
+            self.upload.fields[self._name] = value if previous is None else f"{previous},{value}"
 
     def close(self) -> None:
         if self._out is not None:

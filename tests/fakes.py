@@ -16,6 +16,7 @@ from deployments.interface import (
     PreparedAudio,
     Segment,
     TranscribeOptions,
+    Word,
 )
 from deployments.packing import Packing
 from deployments.transcriber import Transcriber
@@ -53,6 +54,7 @@ class FakeEngine:
                 language="en",
                 task=options.task,
                 beam_size=options.beam_size,
+                word_timestamps=options.word_timestamps,
             )
             for i, (offset, duration) in enumerate(windows)
         ]
@@ -69,6 +71,9 @@ class FakeEngine:
                         start=c.offset,
                         end=c.offset + c.duration,
                         text=" " + "".join(chr(x) for x in c.prompt),
+                        words=[Word(c.offset, c.offset + c.duration, " fake", 0.9)]
+                        if c.word_timestamps
+                        else None,
                     )
                 ]
             )

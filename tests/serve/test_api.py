@@ -170,10 +170,15 @@ def test_the_openai_sdk_transcribes_through_the_real_server(server: Server) -> N
     sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, timeout=120)
     with JFK.open("rb") as f:
         verbose = sdk.audio.transcriptions.create(
-            model="whisper-1", file=f, response_format="verbose_json"
+            model="whisper-1",
+            file=f,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
         )
     assert "ask not what your country can do for you" in words(verbose.text)
     assert verbose.segments and verbose.segments[-1].end <= 11.1
+    assert verbose.words and words(" ".join(w.word for w in verbose.words)) == words(verbose.text)
+    assert all(0 <= w.start <= w.end <= 11.1 for w in verbose.words)
     with JFK.open("rb") as f:
         srt = sdk.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
     assert srt.startswith("1\n00:00:0")

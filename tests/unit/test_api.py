@@ -416,14 +416,24 @@ def test_job_options_travel_to_the_engine(tmp_path: Path) -> None:
             "task": "translate",
             "vad_filter": "false",
             "initial_prompt": "PILOTYS",
+            "word_timestamps": "true",
         }
         r = c.post(
             "/transcribe", headers=AUTH, files={"file": ("a.flac", JFK.read_bytes())}, data=form
         )
         assert r.status_code == 202, r.text
-        wait_done(c, r.json()["job_id"])
+        done = wait_done(c, r.json()["job_id"])
     assert recording.options == [
-        {"language": "fr", "task": "translate", "vad_filter": False, "initial_prompt": "PILOTYS"}
+        {
+            "language": "fr",
+            "task": "translate",
+            "vad_filter": False,
+            "initial_prompt": "PILOTYS",
+            "word_timestamps": True,
+        }
+    ]
+    assert done["segments"][0]["words"] == [
+        {"word": " fake", "start": 0.0, "end": 30.0, "probability": 0.9}
     ]
 
 

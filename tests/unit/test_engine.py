@@ -158,3 +158,34 @@ def test_a_packed_clip_whisper_stops_short_of_is_decoded_again(engine: WhisperEn
     for result in engine.run_batch([jfk, jfk]):
         text = words(" ".join(s.text for s in result.segments))
         assert jiwer.wer(JFK_TEXT, text) < 0.1, text
+
+
+def test_word_timestamps_on_one_window_and_on_several(engine: WhisperEngine) -> None:
+    short = transcribe(engine, JFK.read_bytes(), word_timestamps=True)
+    long = transcribe(engine, long_jfk(), word_timestamps=True)
+    for result, duration in ((short, 11.0), (long, 49.0)):
+        timed = [w for s in result["segments"] for w in s["words"]]
+        assert words("".join(w["word"] for w in timed)) == words(result["text"])
+        starts = [w["start"] for w in timed]
+        assert starts == sorted(starts)
+        assert all(0 <= w["start"] <= w["end"] <= duration + 0.1 for w in timed)
+        for s in result["segments"]:
+            assert s["start"] - 0.5 <= s["words"][0]["start"]
+            assert s["words"][-1]["end"] <= s["end"] + 0.5
+    # The fourth saying's last word ends near 48.5 s, on the original timeline.
+    assert 46 < long["segments"][-1]["words"][-1]["end"] <= 49.1
+    assert transcribe(engine, JFK.read_bytes())["segments"][0]["words"] is None
+
+
+def test_packed_clips_keep_their_own_word_times(engine: WhisperEngine) -> None:
+    fox = engine.prepare((DATA / "fox.wav").read_bytes(), TranscribeOptions(word_timestamps=True))
+    giraffe = engine.prepare(
+        (DATA / "sentinel.wav").read_bytes(), TranscribeOptions(word_timestamps=True)
+    )
+    assert len(plan_windows(fox.chunks + giraffe.chunks, engine.packing)) == 1
+    results = engine.run_batch(fox.chunks + giraffe.chunks)
+    for prepared, result, expected in ((fox, results[0], "fox"), (giraffe, results[1], "giraffe")):
+        transcript = assemble(prepared, [result])
+        timed = [w for s in transcript.segments for w in s.words or []]
+        assert expected in words("".join(w.word for w in timed))
+        assert all(0 <= w.start <= w.end <= transcript.duration + 0.05 for w in timed)

@@ -69,7 +69,7 @@ def test_options_map_onto_the_job(sdk: openai.OpenAI, recording: Recording) -> N
         ({"language": "klingon"}, "language"),
         ({"temperature": 3}, "temperature"),
         (
-            {"response_format": "verbose_json", "timestamp_granularities": ["word"]},
+            {"response_format": "verbose_json", "timestamp_granularities": ["syllable"]},
             "timestamp_granularities[]",
         ),
     ],
@@ -93,3 +93,16 @@ def test_wrong_key_is_an_openai_authentication_error(tmp_path: Path) -> None:
             "detail": "authentication required: send 'Authorization: Bearer <WHISPER_API_KEY>'"
         }
         assert http.get("/transcribe/x", headers=AUTH).json()["detail"] == "no job 'x'"
+
+
+def test_word_granularity_returns_timed_words(sdk: openai.OpenAI, recording: Recording) -> None:
+    with JFK.open("rb") as f:
+        verbose = sdk.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+    assert recording.options == [{"word_timestamps": True}]
+    assert verbose.words is not None
+    assert [(w.word, w.start, w.end) for w in verbose.words] == [("fake", 0.0, 30.0)]
