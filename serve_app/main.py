@@ -42,6 +42,11 @@ class StrictCORS(CORSMiddleware):
         )
 
 
+def _openai(request: Request) -> bool:
+    """Requests to the OpenAI-compatible API get OpenAI's error shape."""
+    return request.url.path.startswith("/v1/")
+
+
 def create_app(settings: Settings, client: TranscriberClient) -> FastAPI:
     """Build the HTTP app; the dispatcher runs while the app's lifespan does."""
     store = JobStore(settings.database_file if settings.use_sqlite else None)
@@ -84,8 +89,7 @@ def create_app(settings: Settings, client: TranscriberClient) -> FastAPI:
         headers: Mapping[str, str] | None = None,
         param: str | None = None,
     ) -> JSONResponse:
-        openai = request.url.path.startswith("/v1/")
-        body = error_body(code, message, param) if openai else {"detail": message}
+        body = error_body(code, message, param) if _openai(request) else {"detail": message}
         return JSONResponse(body, status_code=code, headers=dict(headers or {}))
 
     @app.exception_handler(UploadError)
@@ -94,13 +98,13 @@ def create_app(settings: Settings, client: TranscriberClient) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if not request.url.path.startswith("/v1/"):
+        if not _openai(request):
             return await http_exception_handler(request, exc)
         return error(request, exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        if not request.url.path.startswith("/v1/"):
+        if not _openai(request):
             return await request_validation_exception_handler(request, exc)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = str(first["loc"][-1]) if first["loc"] else None

@@ -16,9 +16,10 @@ from fastapi.responses import JSONResponse
 
 from serve_app.auth import OwnerDep, require_api_key
 from serve_app.deps import DispatcherDep, SettingsDep, StoreDep
+from serve_app.dispatcher import Dispatcher
 from serve_app.formats import MEDIA_TYPES, render
 from serve_app.intake import accept_job, wait_for_end
-from serve_app.jobs import JobStatus
+from serve_app.jobs import JobStatus, JobStore
 from serve_app.options import parse_options
 from serve_app.settings import Settings
 from serve_app.uploads import UploadError
@@ -120,8 +121,8 @@ async def _run(
     task: Literal["transcribe", "translate"],
     owner: str,
     settings: Settings,
-    store: Any,
-    dispatcher: Any,
+    store: JobStore,
+    dispatcher: Dispatcher,
 ) -> Response:
     fields: dict[str, str] = {}
 
