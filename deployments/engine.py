@@ -177,17 +177,17 @@ class WhisperEngine:
                 else (c.beam_size, False, False, "", "")
             )
             groups.setdefault(key, []).append(window)
-        for (beam, packed, aligned, _lang, _task), windows in groups.items():
+        for (beam, packed, aligned, _lang, _task), group in groups.items():
             try:
-                decoded = self._decode(windows, chunks, beam, packed, aligned)
+                decoded = self._decode(group, chunks, beam, packed, aligned)
             except Exception as exc:
                 logger.warning(
                     "batch of %d windows failed (%s); decoding them one by one",
-                    len(windows),
+                    len(group),
                     type(exc).__name__,
                 )
                 decoded = {}
-                for window in windows:
+                for window in group:
                     try:
                         decoded |= self._decode([window], chunks, beam, packed, aligned)
                     except Exception as alone:
@@ -198,10 +198,7 @@ class WhisperEngine:
             for member, segments in decoded.items():
                 results[member] = ChunkResult(segments=segments)
             unreached += [
-                m
-                for w in windows
-                for m in w.members
-                if m not in decoded and results[m].error is None
+                m for w in group for m in w.members if m not in decoded and results[m].error is None
             ]
         return unreached
 
