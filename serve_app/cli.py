@@ -1,0 +1,139 @@
+"""whisper-serve: a command-line client for the job API.
+
+export WHISPER_SERVER_URL=http://localhost:8000 WHISPER_API_KEY=...
+whisper-serve transcribe meeting.mp3 interview.wav --format srt
+whisper-serve transcribe long.mp3 --no-wait        (prints the job id)
+whisper-serve status JOB_ID [--format txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FORMATS = ("txt", "json", "srt", "vtt")
+# Long polls: each GET waits up to this long for the job to end.
+POLL_WAIT_S = 20
+
+
+class CliError(Exception):
+    """Something the user can fix; printed without a traceback."""
+
+
+def _client() -> httpx.Client:
+    url = os.environ.get("WHISPER_SERVER_URL", "http://localhost:8000")
+    key = os.environ.get("WHISPER_API_KEY", "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=POLL_WAIT_S + 30)
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("detail", response.text)
+        except ValueError:
+            message = response.text
+        raise CliError(f"{response.status_code}: {message}")
+    return response
+
+
+def submit(client: httpx.Client, path: Path, options: dict[str, str]) -> str:
+    if not path.is_file():
+        raise CliError(f"{path}: no such file")
+    with path.open("rb") as f:
+        response = _check(client.post("/transcribe", files={"file": (path.name, f)}, data=options))
+    return str(response.json()["job_id"])
+
+
+def wait(client: httpx.Client, job_id: str, label: str, show: bool) -> dict[str, Any]:
+    """Long-poll until the job ends, drawing a status line on stderr."""
+    begin = time.monotonic()
+    while True:
+        job: dict[str, Any] = _check(
+            client.get(f"/transcribe/{job_id}", params={"wait": POLL_WAIT_S})
+        ).json()
+        if show:
+            elapsed = time.monotonic() - begin
+            audio = f", {job['duration']:.0f} s of audio" if job.get("duration") else ""
+            print(
+                f"\r{label}: {job['status']} ({elapsed:.0f} s{audio})   ", end="", file=sys.stderr
+            )
+        if job["status"] in ("done", "error"):
+            if show:
+                print(file=sys.stderr)
+            return job
+
+
+def render(client: httpx.Client, job_id: str, fmt: str) -> str:
+    if fmt == "json":
+        return _check(client.get(f"/transcribe/{job_id}")).text
+    return _check(client.get(f"/transcribe/{job_id}", params={"format": fmt})).text
+
+
+def main(argv: list[str] | None = None, client: httpx.Client | None = None) -> int:
+    """Run the command line; ``client`` (tests) replaces the one built from the environment."""
+    parser = argparse.ArgumentParser(
+        prog="whisper-serve",
+        description="Transcribe audio with a whisper-serve server "
+        "(WHISPER_SERVER_URL, WHISPER_API_KEY from the environment).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("transcribe", help="send files, wait, print their transcripts")
+    run.add_argument("files", nargs="+", type=Path)
+    run.add_argument("--format", choices=FORMATS, default="txt")
+    run.add_argument("--language", help="ISO 639-1 code, e.g. fr; detected when left out")
+    run.add_argument("--no-wait", action="store_true", help="print job ids and return")
+    status = commands.add_parser("status", help="a job's status, or its transcript once done")
+    status.add_argument("job_id")
+    status.add_argument("--format", choices=FORMATS, default="json")
+    args = parser.parse_args(argv)
+    http = client or _client()
+    try:
+        return _run(args, http)
+    except CliError as exc:
+        print(f"whisper-serve: {exc}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:
+        print(
+            f"whisper-serve: cannot reach the server ({exc}); check WHISPER_SERVER_URL",
+            file=sys.stderr,
+        )
+        return 2
+    finally:
+        if client is None:
+            http.close()
+
+
+def _run(args: argparse.Namespace, client: httpx.Client) -> int:
+    """Do what the parsed command line asks; the exit status."""
+    if args.command == "status":
+        job = _check(client.get(f"/transcribe/{args.job_id}")).json()
+        print(render(client, args.job_id, args.format) if job["status"] == "done" else job)
+        return 0
+    options = {"language": args.language} if args.language else {}
+    ids = [(path, submit(client, path, options)) for path in args.files]
+    if args.no_wait:
+        for path, job_id in ids:
+            print(f"{job_id}\t{path}")
+        return 0
+    failed = 0
+    for path, job_id in ids:
+        job = wait(client, job_id, str(path), show=sys.stderr.isatty())
+        if job["status"] == "error":
+            print(f"{path}: {job.get('error')}", file=sys.stderr)
+            failed += 1
+            continue
+        if len(ids) > 1 and args.format == "txt":
+            print(f"== {path}")
+        print(render(client, job_id, args.format), end="")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
