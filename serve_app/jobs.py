@@ -205,6 +205,15 @@ class JobStore:
         active = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
         return int(s.exec(select(func.count()).select_from(Job).where(active)).one())
 
+    def queue_position(self, job: Job) -> int:
+        """1 for the next queued job to run, 2 for the one after it, and so on."""
+        ahead = (col(Job.status) == JobStatus.queued) & (
+            (col(Job.created_at) < job.created_at)
+            | ((col(Job.created_at) == job.created_at) & (col(Job.id) < job.id))
+        )
+        with self._session(write=False) as s:
+            return 1 + int(s.exec(select(func.count()).select_from(Job).where(ahead)).one())
+
     def count_active(self) -> int:
         with self._session(write=False) as s:
             return self._count_active(s)

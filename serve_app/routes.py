@@ -186,7 +186,10 @@ async def get_job(
     """
     job = await wait_for_end(store, dispatcher, job_id, owner, wait)
     if format == "json":
-        return JobPublic.from_job(job)
+        public = JobPublic.from_job(job)
+        if job.status == JobStatus.queued:
+            public.queue_position = await asyncio.to_thread(store.queue_position, job)
+        return public
     result = job.result
     if job.status != JobStatus.done or result is None:
         raise HTTPException(

@@ -64,6 +64,9 @@ class JobSummary(BaseModel):
 class JobPublic(JobSummary):
     """A job; with ``done``, its transcript."""
 
+    queue_position: int | None = Field(
+        default=None, description="while queued: 1 when this job runs next"
+    )
     text: str | None = None
     segments: list[SegmentPublic] | None = None
 

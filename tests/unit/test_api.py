@@ -505,3 +505,14 @@ def test_listing_pages_through_own_jobs_newest_first(tmp_path: Path) -> None:
         assert all(j["status"] == "queued" for j in done)
         assert c.get("/transcribe", headers=k1, params={"cursor": "nonsense"}).status_code == 400
         assert c.get("/transcribe", headers=k1, params={"limit": 101}).status_code == 422
+
+
+def test_a_queued_job_shows_its_place_in_the_queue(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path), Hanging())
+    app.state.dispatcher.max_in_flight = 1  # one job runs; the others wait their turn
+    with TestClient(app) as c:
+        ids = [submit(c, JFK.read_bytes())["job_id"] for _ in range(3)]
+        time.sleep(0.3)
+        jobs = [c.get(f"/transcribe/{job_id}", headers=AUTH).json() for job_id in ids]
+    assert jobs[0]["status"] == "processing" and "queue_position" not in jobs[0]
+    assert [j.get("queue_position") for j in jobs[1:]] == [1, 2]
