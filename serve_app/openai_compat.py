@@ -22,7 +22,7 @@ from serve_app.intake import accept_job, wait_for_end
 from serve_app.jobs import JobStatus, JobStore
 from serve_app.options import parse_options
 from serve_app.settings import Settings
-from serve_app.uploads import UploadError
+from serve_app.uploads import UploadError, multipart_openapi
 
 # How long a request waits for its job before answering with the job id to poll.
 OPENAI_WAIT_S = 600
@@ -31,31 +31,16 @@ MODEL_ALIASES = ("whisper-1",)
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
-_FORM: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "model": {"type": "string", "default": "whisper-1"},
-                        "language": {"type": "string"},
-                        "prompt": {"type": "string", "maxLength": 1000},
-                        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
-                        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
-                        "timestamp_granularities[]": {
-                            "type": "string",
-                            "enum": ["segment", "word"],
-                        },
-                    },
-                }
-            }
-        },
+_FORM = multipart_openapi(
+    {
+        "model": {"type": "string", "default": "whisper-1"},
+        "language": {"type": "string"},
+        "prompt": {"type": "string", "maxLength": 1000},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
+        "timestamp_granularities[]": {"type": "string", "enum": ["segment", "word"]},
     }
-}
+)
 _ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the transcript, in the response_format asked for",
@@ -170,8 +155,8 @@ async def _run(
                 for w in s.get("words") or []
             ]
         return JSONResponse(verbose)
-    body = render({"text": "txt"}.get(fmt, fmt), text, segments)
-    return Response(body, media_type=MEDIA_TYPES[{"text": "txt"}.get(fmt, fmt)])
+    ours = "txt" if fmt == "text" else fmt
+    return Response(render(ours, text, segments), media_type=MEDIA_TYPES[ours])
 
 
 @router.post("/audio/transcriptions", openapi_extra=_FORM, responses=_ANSWERS)

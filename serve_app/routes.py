@@ -7,7 +7,7 @@ import base64
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -19,6 +19,7 @@ from serve_app.intake import accept_job, own_job, wait_for_end
 from serve_app.jobs import Job, JobStatus
 from serve_app.options import OPENAPI_FIELDS
 from serve_app.schemas import ErrorBody, Health, JobAccepted, JobList, JobPublic, JobSummary
+from serve_app.uploads import multipart_openapi
 
 logger = logging.getLogger("ray.serve.whisper.routes")
 
@@ -32,23 +33,7 @@ jobs_router = APIRouter(
     responses={401: {"model": ErrorBody, "description": "missing or invalid bearer token"}},
 )
 
-_MULTIPART_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "the audio"},
-                        **OPENAPI_FIELDS,
-                    },
-                }
-            }
-        },
-    }
-}
+_MULTIPART_BODY = multipart_openapi(OPENAPI_FIELDS)
 
 
 @health_router.get("/health", response_model=Health)

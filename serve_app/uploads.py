@@ -55,6 +55,18 @@ def too_large(limit: int, size: int | None = None) -> UploadError:
     return UploadError(413, f"{what}; the limit is {limit / 1_000_000:g} MB (MAX_FILE_SIZE_MB)")
 
 
+def multipart_openapi(fields: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI for a route that parses its own multipart body: ``file`` plus ``fields``.
+
+    (The routes read the body as a stream, so FastAPI cannot describe it.)
+    """
+    properties = {"file": {"type": "string", "format": "binary", "description": "the audio"}}
+    schema = {"type": "object", "required": ["file"], "properties": properties | fields}
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
+
+
 def check_declared_length(content_length: str | None, limit: int) -> None:
     """Refuse from the headers alone, before any of the body is read."""
     if content_length and content_length.isdigit() and int(content_length) > limit + ENVELOPE_BYTES:
