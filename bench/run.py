@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -35,7 +34,7 @@ from deployments.interface import EngineConfig, TranscribeOptions, assemble
 from deployments.models import resolve_model
 from deployments.packing import Packing
 from tests.audio_util import words
-from tests.serve.launcher import ServeProcess, config_on_port
+from tests.serve.launcher import ServeProcess, config_on_port, replica_pids
 
 RESULTS = Path(__file__).parent / "results"
 KEY = "bench-key"
@@ -168,13 +167,6 @@ def run_clients(
     }
 
 
-def replicas(deployment: str) -> int:
-    found = subprocess.run(
-        ["pgrep", "-f", f"ServeReplica:whisper:{deployment}"], capture_output=True, text=True
-    )
-    return len(found.stdout.split())
-
-
 def sustained(url: str, clips: list[Clip], seconds: float, concurrency: int) -> dict[str, Any]:
     """Keep ``concurrency`` clients busy; sample the Transcriber's replica count."""
     stop = time.monotonic() + seconds
@@ -195,7 +187,7 @@ def sustained(url: str, clips: list[Clip], seconds: float, concurrency: int) -> 
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         futures = [pool.submit(worker, n) for n in range(concurrency)]
         while not all(f.done() for f in futures):
-            samples.append((round(time.monotonic() - begin, 1), replicas("Transcriber")))
+            samples.append((round(time.monotonic() - begin, 1), len(replica_pids("Transcriber"))))
             time.sleep(2)
         for f in futures:
             f.result()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import BinaryIO
 
 import av
@@ -71,12 +72,14 @@ class SpeechLayout:
     speech: list[dict[str, int]]
     windows: list[tuple[float, float]]
 
+    @cached_property
+    def _map(self) -> SpeechTimestampsMap:
+        return SpeechTimestampsMap(self.speech, SAMPLE_RATE)
+
     def original_time(self, t: float, *, is_end: bool = False) -> float:
         if not self.speech:
             return round(t, 3)
-        return float(
-            SpeechTimestampsMap(self.speech, SAMPLE_RATE).get_original_time(t, is_end=is_end)
-        )
+        return float(self._map.get_original_time(t, is_end=is_end))
 
 
 def split_speech(

@@ -176,9 +176,7 @@ class JobStore:
             with self._session(write=True) as s:
                 previous = self._by_key(s, owner, idempotency_key)
                 if previous is not None:
-                    if previous.audio_sha256 != audio_sha256:
-                        raise IdempotencyConflict
-                    return previous, False
+                    return self._replay(previous, audio_sha256)
                 if self._count_active(s) >= max_active:
                     raise QueueFull
                 s.add(job)
@@ -188,10 +186,15 @@ class JobStore:
                 previous = self._by_key(s, owner, idempotency_key)
             if previous is None:
                 raise
-            if previous.audio_sha256 != audio_sha256:
-                raise IdempotencyConflict from None
-            return previous, False
+            return self._replay(previous, audio_sha256)
         return job, True
+
+    @staticmethod
+    def _replay(previous: Job, audio_sha256: str | None) -> tuple[Job, bool]:
+        """The earlier job for a reused Idempotency-Key, if it was for the same file."""
+        if previous.audio_sha256 != audio_sha256:
+            raise IdempotencyConflict
+        return previous, False
 
     @staticmethod
     def _by_key(s: Session, owner: str, key: str | None) -> Job | None:

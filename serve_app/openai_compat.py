@@ -148,7 +148,7 @@ async def _run(
             "text": text,
             "segments": [{k: v for k, v in s.items() if k != "words"} for s in segments],
         }
-        if (job.options or {}).get("word_timestamps"):
+        if job.options.get("word_timestamps"):
             verbose["words"] = [
                 {"word": w["word"].strip(), "start": w["start"], "end": w["end"]}
                 for s in segments

@@ -20,6 +20,14 @@ class LaunchError(RuntimeError):
     """The server did not come up; the message holds the end of its output."""
 
 
+def replica_pids(deployment: str, app: str = "whisper") -> list[int]:
+    """Processes of a deployment's replicas on this machine."""
+    found = subprocess.run(
+        ["pgrep", "-f", f"ServeReplica:{app}:{deployment}"], capture_output=True, text=True
+    )
+    return [int(p) for p in found.stdout.split()]
+
+
 def port_taken(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0

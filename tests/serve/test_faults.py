@@ -6,7 +6,6 @@ import concurrent.futures
 import http.client
 import os
 import signal
-import subprocess
 import time
 
 import httpx
@@ -14,15 +13,9 @@ import pytest
 
 from tests.audio_util import DATA, JFK, long_jfk
 from tests.serve.conftest import KEY, MAX_QUEUED_JOBS, PORT, Server, submit, wait_done
+from tests.serve.launcher import replica_pids
 
 pytestmark = pytest.mark.serve
-
-
-def replica_pids(deployment: str) -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-f", f"ServeReplica:whisper:{deployment}"], capture_output=True, text=True
-    )
-    return [int(p) for p in found.stdout.split()]
 
 
 def wait_status(client: httpx.Client, job_id: str, status: str, timeout: float = 60) -> None:
