@@ -18,6 +18,9 @@ logger = logging.getLogger("ray.serve.whisper.dispatcher")
 # Spooled files no job refers to are removed once this old (an upload in
 # progress has no job row yet).
 ORPHAN_AGE_S = 600
+# While requests wait for jobs, how often to look for commits by other
+# processes (another gateway replica may end the job).
+WATCH_INTERVAL_S = 0.05
 
 
 class TranscriberClient(Protocol):
@@ -71,16 +74,18 @@ class Dispatcher:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._receiving = 0
-        # Set (and replaced) whenever this gateway ends a job: wakes long polls.
-        self._job_ended = asyncio.Event()
+        # Requests waiting for a job to end (long polls), by job id.
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._watch_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
         """Cancel running jobs and hand them back to the queue for another gateway."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        for background in (self._loop_task, self._watch_task):
+            if background is not None:
+                background.cancel()
         tasks = list(self._running.values())
         for task in tasks:
             task.cancel()
@@ -105,15 +110,44 @@ class Dispatcher:
         task = self._running.get(job_id)
         if task is not None:
             task.cancel()
+        self._wake({job_id})
 
-    async def wait_any_end(self, timeout: float) -> None:
-        """Return when this gateway ends some job, or after ``timeout``; the caller re-reads.
+    async def wait_job_end(self, job_id: str, timeout: float) -> None:
+        """Return soon after the job ends here or in another process, or after ``timeout``.
 
-        Jobs that another gateway replica runs are not signalled here: the
-        caller's re-read every ``timeout`` covers them.
+        The caller re-reads the job. Ends by other gateway replicas are seen
+        through the database's change counter, watched while anyone waits.
         """
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._job_ended.wait(), timeout)
+        event = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(event)
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.create_task(self._watch())
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            waiting = self._waiters.get(job_id, set())
+            waiting.discard(event)
+            if not waiting:
+                self._waiters.pop(job_id, None)
+
+    def _wake(self, job_ids: set[str]) -> None:
+        for job_id in job_ids:
+            for event in self._waiters.get(job_id, ()):
+                event.set()
+
+    async def _watch(self) -> None:
+        seen = await asyncio.to_thread(self.store.data_version)
+        while self._waiters:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            try:
+                version = await asyncio.to_thread(self.store.data_version)
+                if version != seen:
+                    seen = version
+                    ended = await asyncio.to_thread(self.store.ended_among, list(self._waiters))
+                    self._wake(ended)
+            except Exception:
+                logger.exception("watching for ended jobs failed; retrying")
 
     async def sweep(self) -> int:
         """Start as many waiting jobs as there is room for; return how many."""
@@ -252,8 +286,7 @@ class Dispatcher:
         )
         if ended is not None and job.audio_path:
             Path(job.audio_path).unlink(missing_ok=True)
-        ended_event, self._job_ended = self._job_ended, asyncio.Event()
-        ended_event.set()
+        self._wake({job.id})
 
     async def _heartbeat(self, job: Job) -> None:
         lease = self.settings.lease_seconds

@@ -24,8 +24,8 @@ from serve_app.uploads import check_declared_length, probe_duration, receive_upl
 logger = logging.getLogger("ray.serve.whisper.intake")
 
 RETRY_AFTER_S = 10
-# A waiting request re-reads the job this often, for jobs another gateway replica ends.
-WAIT_RECHECK_S = 0.25
+# A waiting request re-reads the job at least this often, whatever it hears.
+WAIT_RECHECK_S = 2.0
 
 
 def queue_full(settings: Settings) -> HTTPException:
@@ -126,6 +126,6 @@ async def wait_for_end(
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        await dispatcher.wait_any_end(min(left, WAIT_RECHECK_S))
+        await dispatcher.wait_job_end(job_id, min(left, WAIT_RECHECK_S))
         job = await own_job(store, job_id, owner)
     return job

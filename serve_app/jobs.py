@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -98,6 +99,8 @@ class JobStore:
 
     def __init__(self, path: Path | None) -> None:
         self._lock: threading.Lock | None = None
+        self._watch: sqlite3.Connection | None = None
+        self._watch_lock = threading.Lock()
         if path is None:
             memory = create_engine(
                 "sqlite://",
@@ -110,6 +113,8 @@ class JobStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = _sqlite_engine(path, immediate=True)
             self._reader = _sqlite_engine(path, immediate=False)
+            # Its own connection: PRAGMA data_version counts the commits of others.
+            self._watch = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         SQLModel.metadata.create_all(self._writer)
         self._add_missing_columns()
 
@@ -285,6 +290,22 @@ class JobStore:
         with self._session(write=False) as s:
             query = select(Job.audio_path).where(col(Job.audio_path).is_not(None))
             return {str(p) for p in s.exec(query)}
+
+    def data_version(self) -> int:
+        """A number that changes when any process commits to the database (cheap)."""
+        if self._watch is None:
+            return 0  # memory: one process, whose own ends are signalled directly
+        with self._watch_lock:
+            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+
+    def ended_among(self, job_ids: list[str]) -> set[str]:
+        """Which of these jobs are done, failed or gone."""
+        if not job_ids:
+            return set()
+        with self._session(write=False) as s:
+            live = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
+            running = set(s.exec(select(Job.id).where(col(Job.id).in_(job_ids), live)))
+        return set(job_ids) - running
 
     def get(self, job_id: str) -> Job | None:
         with self._session(write=False) as s:

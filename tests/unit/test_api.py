@@ -516,3 +516,35 @@ def test_a_queued_job_shows_its_place_in_the_queue(tmp_path: Path) -> None:
         jobs = [c.get(f"/transcribe/{job_id}", headers=AUTH).json() for job_id in ids]
     assert jobs[0]["status"] == "processing" and "queue_position" not in jobs[0]
     assert [j.get("queue_position") for j in jobs[1:]] == [1, 2]
+
+
+def test_a_long_poll_hears_of_a_job_another_gateway_ends(tmp_path: Path) -> None:
+    """Two gateway replicas share the file: the waiting one learns of the end at once."""
+    from serve_app.dispatcher import Dispatcher
+    from serve_app.intake import WAIT_RECHECK_S, wait_for_end
+    from serve_app.jobs import JobStore
+
+    settings = make_settings(tmp_path)
+    here, there = JobStore(settings.database_file), JobStore(settings.database_file)
+    here.create(
+        job_id="j1", owner="o", size_bytes=1, duration=1.0, audio_path="/x", options={},
+        deadline_s=60, max_active=10,
+    )  # fmt: skip
+    dispatcher = Dispatcher(here, Hanging(), settings)
+
+    async def run() -> float:
+        async def end_elsewhere() -> None:
+            await asyncio.sleep(0.3)
+            job = there.claim(lease_s=30)
+            assert job is not None
+            there.finish(job.id, attempt=job.attempts, result={"text": "x"})
+
+        ending = asyncio.create_task(end_elsewhere())
+        begin = time.monotonic()
+        job = await wait_for_end(here, dispatcher, "j1", "o", 10)
+        await ending
+        assert job.status == "done"
+        return time.monotonic() - begin
+
+    took = asyncio.run(run())
+    assert took < 0.3 + WAIT_RECHECK_S / 2
