@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from ray import serve
 
+from deployments.batcher import BatchLimits, BatchStats, ChunkBatcher
 from deployments.engine import WhisperEngine
 from deployments.interface import (
     AudioError,
@@ -36,24 +37,29 @@ class BatchConfig(BaseModel):
     max_batch_size: int = Field(default=32, ge=1, le=256)
     """Chunks (<= 30 s each) taken into one batch, from any jobs, before packing."""
     batch_wait_timeout_s: float = Field(default=0.02, ge=0, le=5)
-    """How long a batch waits to fill once its first chunk arrived, with one job in flight."""
+    """How long a batch waits to fill, from its oldest chunk's arrival."""
     batch_wait_busy_s: float = Field(default=0.5, ge=0, le=5)
-    """The same wait while several jobs are in flight: fuller batches, fewer windows."""
+    """The same wait while more jobs are on their way: fuller batches, fewer windows."""
     pack_short_jobs: bool = True
     """Lay short jobs of one owner with the same options into shared windows."""
     pack_window_s: float = Field(default=28.0, ge=5, le=30)
     """Longest packed window, in seconds (Whisper's window is 30 s)."""
 
     @property
-    def packing(self) -> Packing:
-        return Packing(enabled=self.pack_short_jobs, window_s=self.pack_window_s)
+    def limits(self) -> BatchLimits:
+        return BatchLimits(
+            max_batch_size=self.max_batch_size,
+            wait_s=self.batch_wait_timeout_s,
+            busy_wait_s=self.batch_wait_busy_s,
+            packing=Packing(enabled=self.pack_short_jobs, window_s=self.pack_window_s),
+        )
 
 
 class Transcriber:
     """Takes audio bytes and options, returns a transcript or an input error.
 
     Each job is decoded and cut into <= 30 s chunks here; every chunk goes
-    through ``_decode_batch``, so chunks of all concurrent jobs share batches.
+    through one ChunkBatcher, so chunks of all concurrent jobs share batches.
     """
 
     def __init__(
@@ -68,24 +74,19 @@ class Transcriber:
             os.nice(config.cpu_nice)
         self.engine = engine_factory(config)
         self.config = BatchConfig()
-        self._in_flight = 0
+        self._preparing = 0
         self._busy_until = 0.0
-        # Batched per instance: a class-level @serve.batch shares one queue (and
-        # its event loop) between every instance in the process.
-        defaults = BatchConfig()
-        self._decode_batch: Any = serve.batch(
-            max_batch_size=defaults.max_batch_size,
-            batch_wait_timeout_s=defaults.batch_wait_timeout_s,
-        )(self._decode_chunks)
+        self._batcher = ChunkBatcher(self._decode_chunks, coming=self._coming, on_batch=_log_batch)
+        self._batcher.limits = self.config.limits
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         cfg = BatchConfig.model_validate(user_config or {})
         self.config = cfg
-        self._decode_batch.set_max_batch_size(cfg.max_batch_size)
-        self._tune_wait()
-        self.engine.set_packing(cfg.packing)
+        self._batcher.limits = cfg.limits
+        self.engine.set_packing(cfg.limits.packing)
         logger.info(
-            "batching: max %d chunks, wait %.3f s (%.3f s when busy), packing %s (%g s windows)",
+            "batching: max %d chunks, wait %.3f s (%.3f s while more are coming), "
+            "packing %s (%g s windows)",
             cfg.max_batch_size,
             cfg.batch_wait_timeout_s,
             cfg.batch_wait_busy_s,
@@ -105,36 +106,42 @@ class Transcriber:
         otherwise be decoded alone).
         Failures that a retry could fix (a dead replica, an engine crash) raise.
         """
-        self._in_flight += 1
         if more_coming:
             self._busy_until = time.monotonic() + BUSY_HINT_S
-        self._tune_wait()
+        self._preparing += 1
         try:
-            opts = TranscribeOptions(**options)
-            prepared = await asyncio.to_thread(self.engine.prepare, audio, opts)
-            for chunk in prepared.chunks:
-                chunk.pack_key = f"{owner}|{opts}"
-            results = await asyncio.gather(*(self._decode_batch(c) for c in prepared.chunks))
-            transcript = assemble(prepared, results)
+            try:
+                opts = TranscribeOptions(**options)
+                prepared = await asyncio.to_thread(self.engine.prepare, audio, opts)
+                for chunk in prepared.chunks:
+                    chunk.pack_key = f"{owner}|{opts}"
+                decoding = self._batcher.enqueue(prepared.chunks)
+            finally:
+                # In the same step as the enqueue: a batch being filled never
+                # sees this job as neither coming nor queued.
+                self._preparing -= 1
+                self._batcher.nudge()
+            transcript = assemble(prepared, await asyncio.gather(*decoding))
         except (AudioError, TypeError) as exc:
             return {"error": str(exc)}
-        finally:
-            self._in_flight -= 1
-            self._tune_wait()
         return {"result": transcript.to_dict()}
 
-    def _tune_wait(self) -> None:
-        """A lone job should not wait for company; when many are in flight, let batches fill.
-
-        (``@serve.batch`` reads the wait when a batch's first chunk arrives.)
-        """
-        busy = self._in_flight > 1 or time.monotonic() < self._busy_until
-        wait = self.config.batch_wait_busy_s if busy else self.config.batch_wait_timeout_s
-        self._decode_batch.set_batch_wait_timeout_s(wait)
+    def _coming(self) -> bool:
+        """More chunks are on their way: jobs being prepared here, or a caller's hint."""
+        return self._preparing > 0 or time.monotonic() < self._busy_until
 
     async def _decode_chunks(self, chunks: list[Chunk]) -> list[ChunkResult]:
-        logger.info("decoding a batch of %d chunks", len(chunks))
         return await asyncio.to_thread(self.engine.run_batch, chunks)
+
+
+def _log_batch(stats: BatchStats) -> None:
+    logger.info(
+        "decoding a batch of %d chunks in %d windows (%.1f s of audio; %d held back)",
+        stats.chunks,
+        stats.windows,
+        stats.audio_s,
+        stats.held_back,
+    )
 
 
 TranscriberDeployment = serve.deployment(

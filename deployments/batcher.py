@@ -1,0 +1,169 @@
+"""Batches of chunks from any jobs, formed when the engine is free to take one.
+
+Ray Serve's ``@serve.batch`` forms the next batch while the current one still
+runs: chunks that arrive during a decode then wait for the batch after, and a
+burst of short jobs ends in a straggler batch whose window is nearly empty
+(on CPU a window costs about the same, full or not). Here, as in faster-whisper's
+``BatchedInferencePipeline``, the engine takes what is queued when it is free:
+
+1. let the batch fill: up to ``max_batch_size`` chunks, until its oldest chunk
+   has waited ``wait_s`` (``busy_wait_s`` while more chunks are on their way:
+   jobs being prepared, uploads in progress). Under load the oldest chunk
+   arrived during the last decode, so the next batch starts at once;
+2. while more chunks are on their way, hold back a packed window that is less
+   than half full: its chunks go first into the next batch, with the newcomers
+   (each chunk is held back at most once, so none waits long).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from deployments.interface import Chunk, ChunkResult
+from deployments.packing import Packing, plan_windows
+
+logger = logging.getLogger("ray.serve.whisper.batcher")
+
+# A packed window filled less than this is held back while more chunks are coming.
+MIN_FILL = 0.5
+
+
+@dataclass
+class BatchLimits:
+    max_batch_size: int = 32
+    wait_s: float = 0.02
+    """How long a batch waits to fill, from its oldest chunk's arrival."""
+    busy_wait_s: float = 0.5
+    """The same while more chunks are on their way."""
+    packing: Packing = field(default_factory=Packing)
+
+
+@dataclass
+class _Pending:
+    chunk: Chunk
+    future: asyncio.Future[ChunkResult]
+    arrived: float = field(default_factory=time.monotonic)
+    held_back: bool = False
+
+
+@dataclass
+class BatchStats:
+    """What one batch was (for logs and metrics)."""
+
+    chunks: int
+    windows: int
+    audio_s: float
+    held_back: int
+
+
+class ChunkBatcher:
+    """Queues chunks; one loop decodes them in batches with ``run``.
+
+    ``coming()``: more chunks are on their way (jobs being prepared here,
+    uploads in progress at a gateway).
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[Chunk]], Awaitable[list[ChunkResult]]],
+        *,
+        coming: Callable[[], bool],
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self._run = run
+        self._coming = coming
+        self._on_batch = on_batch
+        self.limits = BatchLimits()
+        self._queue: list[_Pending] = []
+        self._arrived = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def enqueue(self, chunks: list[Chunk]) -> list[asyncio.Future[ChunkResult]]:
+        """Queue a job's chunks (all at once, so one batch sees them together)."""
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._loop())
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(chunk, loop.create_future()) for chunk in chunks]
+        self._queue += pending
+        self._arrived.set()
+        return [p.future for p in pending]
+
+    def nudge(self) -> None:
+        """Something changed (a job was prepared): re-check whether to start the batch."""
+        self._arrived.set()
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            await self._fill()
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                results = await self._run([p.chunk for p in batch])
+            except Exception as exc:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
+
+    async def _fill(self) -> None:
+        """Wait until a batch is full, or its wait (from its oldest chunk) has passed."""
+        limits = self.limits
+        while len(self._queue) < limits.max_batch_size:
+            wait = limits.busy_wait_s if self._coming() else limits.wait_s
+            left = self._queue[0].arrived + wait - time.monotonic()
+            if left <= 0:
+                return
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
+
+    def _take(self) -> list[_Pending]:
+        """The next batch; while more chunks are coming, a nearly empty packed window waits."""
+        limits = self.limits
+        live = [p for p in self._queue if not p.future.done()]  # callers gone
+        batch, rest = live[: limits.max_batch_size], live[limits.max_batch_size :]
+        chunks = [p.chunk for p in batch]
+        windows = plan_windows(chunks, limits.packing)
+        held: set[int] = set()
+        if self._coming() and limits.packing.enabled:
+            # The last window of each packing key is the one still filling.
+            last_of_key = {
+                chunks[w.members[0]].pack_key: w
+                for w in windows
+                if chunks[w.members[0]].packable
+                and chunks[w.members[0]].duration <= limits.packing.max_clip_s
+            }
+            for window in last_of_key.values():
+                if window.duration < MIN_FILL * limits.packing.window_s and not any(
+                    batch[m].held_back for m in window.members
+                ):
+                    held.update(window.members)
+            if len(held) == len(batch):
+                held = set()  # never leave the engine idle
+        kept = [p for i, p in enumerate(batch) if i not in held]
+        back = [p for i, p in enumerate(batch) if i in held]
+        for p in back:
+            p.held_back = True
+        self._queue = back + rest
+        if kept and self._on_batch is not None:
+            self._on_batch(
+                BatchStats(
+                    chunks=len(kept),
+                    windows=sum(1 for w in windows if w.members[0] not in held),
+                    audio_s=sum(p.chunk.duration for p in kept),
+                    held_back=len(back),
+                )
+            )
+        return kept

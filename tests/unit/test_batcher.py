@@ -1,0 +1,121 @@
+"""How ChunkBatcher forms batches (no model: a recording stand-in decodes)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from deployments.batcher import BatchLimits, BatchStats, ChunkBatcher
+from deployments.interface import Chunk, ChunkResult
+from deployments.packing import Packing
+
+
+def clip(seconds: float, key: str = "owner") -> Chunk:
+    return Chunk(
+        samples=np.zeros(int(seconds * 16000), dtype=np.float32),
+        offset=0.0,
+        duration=seconds,
+        prompt=[1],
+        language="en",
+        task="transcribe",
+        beam_size=5,
+        pack_key=key,
+        packable=True,
+    )
+
+
+class Engine:
+    """Records batches; each decode takes ``seconds`` (the event loop stays free)."""
+
+    def __init__(self, seconds: float = 0.2) -> None:
+        self.seconds = seconds
+        self.batches: list[list[float]] = []
+
+    async def run(self, chunks: list[Chunk]) -> list[ChunkResult]:
+        self.batches.append([c.duration for c in chunks])
+        await asyncio.sleep(self.seconds)
+        return [ChunkResult() for _ in chunks]
+
+
+def batcher(engine: Engine, coming: list[bool], **limits: float) -> ChunkBatcher:
+    b = ChunkBatcher(engine.run, coming=lambda: coming[0])
+    b.limits = BatchLimits(packing=Packing(window_s=28.0), **limits)  # type: ignore[arg-type]
+    return b
+
+
+def test_chunks_that_arrive_during_a_decode_go_together_into_the_next_batch() -> None:
+    """@serve.batch would form the next batch during the decode and leave stragglers."""
+    engine = Engine(seconds=0.3)
+
+    async def run() -> None:
+        b = batcher(engine, [False], wait_s=0.0)
+        first = b.enqueue([clip(30)])
+        await asyncio.sleep(0.05)  # the first batch is decoding
+        later = []
+        for _ in range(6):
+            later += b.enqueue([clip(30)])
+            await asyncio.sleep(0.03)
+        await asyncio.gather(*first, *later)
+
+    asyncio.run(run())
+    assert [len(batch) for batch in engine.batches] == [1, 6]
+
+
+def test_a_nearly_empty_packed_window_waits_for_the_chunks_still_coming() -> None:
+    engine = Engine()
+    coming = [True]
+    stats: list[BatchStats] = []
+
+    async def run() -> None:
+        b = batcher(engine, coming, wait_s=0.0, busy_wait_s=0.0)
+        b._on_batch = stats.append
+        # 7 x 3 s fill one 28 s window (3 s + 1 s gap each); the 8th starts a second.
+        futures = b.enqueue([clip(3) for _ in range(8)])
+        await asyncio.sleep(0.1)  # first batch decoding; the 8th clip waits
+        coming[0] = False
+        futures += b.enqueue([clip(3) for _ in range(3)])
+        await asyncio.gather(*futures)
+
+    asyncio.run(run())
+    assert [len(batch) for batch in engine.batches] == [7, 4]
+    assert stats[0].held_back == 1 and stats[0].windows == 1
+    assert stats[1].held_back == 0
+
+
+def test_a_chunk_is_held_back_once_and_the_engine_never_idles() -> None:
+    engine = Engine(seconds=0.05)
+
+    async def run() -> None:
+        b = batcher(engine, [True], wait_s=0.0, busy_wait_s=0.0)
+        # Alone in its window: holding it would leave the engine with nothing.
+        await asyncio.gather(*b.enqueue([clip(3)]))
+        # 8 clips: the eighth is held once, then goes with the next batch.
+        futures = b.enqueue([clip(3) for _ in range(8)])
+        await asyncio.sleep(0.01)
+        futures += b.enqueue([clip(3, key="other")])
+        await asyncio.gather(*futures)
+
+    asyncio.run(asyncio.wait_for(run(), 5))
+    assert engine.batches[0] == [3]
+    assert sum(len(batch) for batch in engine.batches) == 10
+
+
+def test_a_cancelled_caller_is_left_out_and_errors_reach_every_caller() -> None:
+    calls: list[int] = []
+
+    async def failing(chunks: list[Chunk]) -> list[ChunkResult]:
+        calls.append(len(chunks))
+        raise RuntimeError("engine down")
+
+    async def run() -> None:
+        b = ChunkBatcher(failing, coming=lambda: False)
+        b.limits = BatchLimits(wait_s=0.05)
+        gone = b.enqueue([clip(30)])
+        gone[0].cancel()
+        waiting = b.enqueue([clip(30), clip(30)])
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results)
+
+    asyncio.run(run())
+    assert calls == [2]
