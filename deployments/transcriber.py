@@ -6,11 +6,12 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve import metrics
 
 from deployments.batcher import BatchLimits, BatchStats, ChunkBatcher
 from deployments.engine import WhisperEngine
@@ -29,6 +30,8 @@ logger = logging.getLogger("ray.serve.whisper.transcriber")
 
 # How long a caller's "more jobs are coming" hint keeps batches waiting.
 BUSY_HINT_S = 1.0
+# Whisper's window: what every input is padded to.
+WINDOW_S = 30.0
 
 
 class BatchConfig(BaseModel):
@@ -76,7 +79,9 @@ class Transcriber:
         self.config = BatchConfig()
         self._preparing = 0
         self._busy_until = 0.0
-        self._batcher = ChunkBatcher(self._decode_chunks, coming=self._coming, on_batch=_log_batch)
+        self._batcher = ChunkBatcher(
+            self._decode_chunks, coming=self._coming, on_batch=BatchMetrics().record
+        )
         self._batcher.limits = self.config.limits
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -96,19 +101,21 @@ class Transcriber:
 
     async def transcribe(
         self, audio: bytes, options: dict[str, Any], owner: str = "", more_coming: bool = False
-    ) -> dict[str, Any]:
-        """Return ``{"result": transcript}`` or ``{"error": message}`` for bad input.
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream ``{"progress": share}`` while a long job decodes, then its end.
 
-        Short jobs share windows only with jobs of the same ``owner`` (and
-        options): one client's words never reach another's transcript.
+        The end is ``{"result": transcript}``, or ``{"error": message}`` for bad
+        input. Short jobs share windows only with jobs of the same ``owner``
+        (and options): one client's words never reach another's transcript.
         ``more_coming``: the caller is taking in more jobs right now, so the
         next batch should wait for them (the first job of a burst would
-        otherwise be decoded alone).
-        Failures that a retry could fix (a dead replica, an engine crash) raise.
+        otherwise be decoded alone). Failures that a retry could fix (a dead
+        replica, an engine crash) raise. Called through a streaming handle.
         """
         if more_coming:
             self._busy_until = time.monotonic() + BUSY_HINT_S
         self._preparing += 1
+        decoding: list[asyncio.Future[ChunkResult]] = []
         try:
             try:
                 opts = TranscribeOptions(**options)
@@ -121,10 +128,19 @@ class Transcriber:
                 # sees this job as neither coming nor queued.
                 self._preparing -= 1
                 self._batcher.nudge()
-            transcript = assemble(prepared, await asyncio.gather(*decoding))
+            pending = set(decoding)
+            while pending:
+                _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if pending:  # one update per batch that ends, not per chunk
+                    yield {"progress": round(1 - len(pending) / len(decoding), 3)}
+            transcript = assemble(prepared, [f.result() for f in decoding])
         except (AudioError, TypeError) as exc:
-            return {"error": str(exc)}
-        return {"result": transcript.to_dict()}
+            yield {"error": str(exc)}
+            return
+        finally:
+            for future in decoding:
+                future.cancel()  # the caller went away: the batcher skips them
+        yield {"result": transcript.to_dict()}
 
     def _coming(self) -> bool:
         """More chunks are on their way: jobs being prepared here, or a caller's hint."""
@@ -134,14 +150,43 @@ class Transcriber:
         return await asyncio.to_thread(self.engine.run_batch, chunks)
 
 
-def _log_batch(stats: BatchStats) -> None:
-    logger.info(
-        "decoding a batch of %d chunks in %d windows (%.1f s of audio; %d held back)",
-        stats.chunks,
-        stats.windows,
-        stats.audio_s,
-        stats.held_back,
-    )
+class BatchMetrics:
+    """The Whisper replica's metrics (ray.serve.metrics; exported as ray_whisper_*)."""
+
+    def __init__(self) -> None:
+        self.chunks = metrics.Histogram(
+            "whisper_batch_chunks",
+            description="Chunks (of any jobs) per decoded batch.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
+        )
+        self.windows = metrics.Histogram(
+            "whisper_batch_windows",
+            description="30 s windows per decoded batch, after packing.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64],
+        )
+        self.fill = metrics.Histogram(
+            "whisper_packing_fill",
+            description="Audio in a batch over its windows' 30 s each (1 = no padding).",
+            boundaries=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        )
+        self.held_back = metrics.Counter(
+            "whisper_chunks_held_back",
+            description="Chunks held back for the next batch (a nearly empty packed window).",
+        )
+
+    def record(self, stats: BatchStats) -> None:
+        logger.info(
+            "decoding a batch of %d chunks in %d windows (%.1f s of audio; %d held back)",
+            stats.chunks,
+            stats.windows,
+            stats.audio_s,
+            stats.held_back,
+        )
+        self.chunks.observe(stats.chunks)
+        self.windows.observe(stats.windows)
+        self.fill.observe(stats.audio_s / (WINDOW_S * max(stats.windows, 1)))
+        if stats.held_back:
+            self.held_back.inc(stats.held_back)
 
 
 TranscriberDeployment = serve.deployment(

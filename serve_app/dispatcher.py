@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from serve_app.jobs import Job, JobStore
+import httpx
+
+from serve_app import webhooks
+from serve_app.jobs import Job, JobStatus, JobStore
+from serve_app.metrics import JobMetrics
+from serve_app.schemas import JobPublic
 from serve_app.settings import Settings
+from serve_app.uploads import UploadError
 
 logger = logging.getLogger("ray.serve.whisper.dispatcher")
 
@@ -21,29 +28,54 @@ ORPHAN_AGE_S = 600
 # While requests wait for jobs, how often to look for commits by other
 # processes (another gateway replica may end the job).
 WATCH_INTERVAL_S = 0.05
+# Webhook deliveries one gateway makes at once.
+MAX_DELIVERIES = 16
+
+
+ProgressFn = Callable[[float], Awaitable[None]]
 
 
 class TranscriberClient(Protocol):
     """How the gateway reaches the Whisper deployment (a handle, or a local object in tests)."""
 
     async def transcribe(
-        self, audio: bytes, options: dict[str, Any], owner: str, more_coming: bool
+        self,
+        audio: bytes,
+        options: dict[str, Any],
+        owner: str,
+        more_coming: bool,
+        on_progress: ProgressFn | None = None,
     ) -> dict[str, Any]: ...
 
 
+async def follow(
+    events: AsyncIterator[dict[str, Any]], on_progress: ProgressFn | None
+) -> dict[str, Any]:
+    """Pass a Transcriber's progress events on; return its last event (result or error)."""
+    async for event in events:
+        if "progress" not in event:
+            return event
+        if on_progress is not None:
+            await on_progress(float(event["progress"]))
+    raise RuntimeError("the Transcriber ended its stream without a result")
+
+
 class HandleClient:
-    """A Ray Serve DeploymentHandle to the Transcriber; audio goes by value."""
+    """A Ray Serve DeploymentHandle to the Transcriber (streaming); audio goes by value."""
 
     def __init__(self, handle: Any) -> None:
-        self._handle = handle
+        self._handle = handle.options(stream=True)
 
     async def transcribe(
-        self, audio: bytes, options: dict[str, Any], owner: str, more_coming: bool
+        self,
+        audio: bytes,
+        options: dict[str, Any],
+        owner: str,
+        more_coming: bool,
+        on_progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
-        reply: dict[str, Any] = await self._handle.transcribe.remote(
-            audio, options, owner, more_coming
-        )
-        return reply
+        events = self._handle.transcribe.remote(audio, options, owner, more_coming)
+        return await follow(events, on_progress)
 
 
 class Dispatcher:
@@ -77,6 +109,9 @@ class Dispatcher:
         # Requests waiting for a job to end (long polls), by job id.
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._watch_task: asyncio.Task[None] | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._http: httpx.AsyncClient | None = None
+        self.metrics = JobMetrics()
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop())
@@ -86,10 +121,12 @@ class Dispatcher:
         for background in (self._loop_task, self._watch_task):
             if background is not None:
                 background.cancel()
-        tasks = list(self._running.values())
+        tasks = [*self._running.values(), *self._deliveries]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
 
     @contextlib.contextmanager
     def receiving(self) -> Iterator[None]:
@@ -102,6 +139,7 @@ class Dispatcher:
 
     def submit(self, job_id: str) -> None:
         """Start a job just accepted, if there is room; else the sweep takes it."""
+        self.metrics.job_submitted()
         if len(self._running) < self.max_in_flight and job_id not in self._running:
             self._spawn(job_id, self._claim_and_run(job_id))
 
@@ -163,7 +201,11 @@ class Dispatcher:
     async def housekeeping(self) -> None:
         """End overdue jobs, delete expired ones, remove audio no job needs."""
         for path in await asyncio.to_thread(self.store.expire_overdue):
-            Path(path).unlink(missing_ok=True)
+            self.metrics.job_finished(
+                error_code="deadline_exceeded", latency_s=0.0, audio_s=None, run_s=None
+            )
+            if path:
+                Path(path).unlink(missing_ok=True)
         hours = self.settings.job_retention_hours
         if hours is not None:
             purged = await asyncio.to_thread(
@@ -194,6 +236,9 @@ class Dispatcher:
                     last_housekeeping = time.monotonic()
                     await self.housekeeping()
                 await self.sweep()
+                await self.deliver_due()
+                counts = await asyncio.to_thread(self.store.count_by_status)
+                self.metrics.queue(counts[JobStatus.queued], counts[JobStatus.processing])
             except Exception:
                 logger.exception("job sweep failed; retrying")
             await asyncio.sleep(self.sweep_interval_s)
@@ -230,7 +275,11 @@ class Dispatcher:
             try:
                 reply = await asyncio.wait_for(
                     self.client.transcribe(
-                        audio, job.options, job.owner, self._receiving > 0 or len(self._running) > 1
+                        audio,
+                        job.options,
+                        job.owner,
+                        self._receiving > 0 or len(self._running) > 1,
+                        on_progress=functools.partial(self._progress, job),
                     ),
                     timeout=self.settings.attempt_timeout(job.duration),
                 )
@@ -242,10 +291,11 @@ class Dispatcher:
                 return
         finally:
             heartbeat.cancel()
+        run_s = time.monotonic() - begin
         if "error" in reply:
             await self._finish(job, error=str(reply["error"]), code="invalid_audio")
         else:
-            await self._finish(job, result=reply["result"])
+            await self._finish(job, result=reply["result"], run_s=run_s)
         logger.info(
             "job %s ended after %.2f s (attempt %d, %.1f s of audio)",
             job.id,
@@ -275,6 +325,7 @@ class Dispatcher:
         result: dict[str, Any] | None = None,
         error: str | None = None,
         code: str | None = None,
+        run_s: float | None = None,
     ) -> None:
         ended = await asyncio.to_thread(
             self.store.finish,
@@ -284,9 +335,93 @@ class Dispatcher:
             error=error,
             error_code=code,
         )
-        if ended is not None and job.audio_path:
-            Path(job.audio_path).unlink(missing_ok=True)
+        if ended is not None:
+            if job.audio_path:
+                Path(job.audio_path).unlink(missing_ok=True)
+            self.metrics.job_finished(
+                error_code=code if error is not None else None,
+                latency_s=(ended.finished_at or 0.0) - ended.created_at,
+                audio_s=ended.duration or (result or {}).get("duration"),
+                run_s=run_s,
+            )
+            if ended.callback_url:
+                self._track(self._claim_and_deliver(job.id))
         self._wake({job.id})
+
+    # Webhooks (serve_app/webhooks.py): at least once, from any gateway.
+
+    async def deliver_due(self) -> None:
+        """Start the webhook deliveries that are due, as many as there is room for."""
+        if not self.settings.webhook_allowed_hosts:
+            return
+        while len(self._deliveries) < MAX_DELIVERIES:
+            job = await asyncio.to_thread(
+                self.store.claim_webhook, lease_s=self._delivery_lease_s()
+            )
+            if job is None:
+                return
+            self._track(self._deliver(job))
+
+    def _track(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    def _delivery_lease_s(self) -> float:
+        return self.settings.webhook_timeout_s + 10
+
+    async def _claim_and_deliver(self, job_id: str) -> None:
+        job = await asyncio.to_thread(
+            self.store.claim_webhook, lease_s=self._delivery_lease_s(), job_id=job_id
+        )
+        if job is not None:
+            await self._deliver(job)
+
+    async def _deliver(self, job: Job) -> None:
+        """One try; records delivered, due again after a backoff, or failed."""
+        attempt = job.webhook_attempts
+        settings = self.settings
+        final = attempt >= settings.webhook_max_attempts
+        secret = settings.webhook_secret
+        try:
+            # Checked again: the allow-list may have changed since the submit.
+            url = webhooks.check_callback_url(job.callback_url or "", settings)
+        except UploadError as exc:
+            error: str | None = exc.message
+            final = True
+        else:
+            assert secret is not None  # Settings require it with allowed hosts
+            if self._http is None:
+                self._http = httpx.AsyncClient(
+                    timeout=settings.webhook_timeout_s, follow_redirects=False
+                )
+            body = JobPublic.from_job(job).model_dump_json(
+                exclude_none=True, exclude={"webhook", "queue_position"}
+            )
+            error = await webhooks.post(
+                self._http,
+                url,
+                body.encode(),
+                job_id=job.id,
+                attempt=attempt,
+                secret=secret.get_secret_value(),
+            )
+        retry_at = None
+        if error is not None and not final:
+            retry_at = time.time() + webhooks.backoff_s(attempt, settings)
+        await asyncio.to_thread(
+            self.store.webhook_tried, job.id, attempt=attempt, error=error, retry_at=retry_at
+        )
+        outcome = "delivered" if error is None else ("retry" if retry_at else "failed")
+        self.metrics.webhook(outcome)
+        # The job id and what happened; never the URL (it may hold a token) or the body.
+        log = logger.info if error is None else logger.warning
+        log("webhook for job %s: %s (try %d)", job.id, error or "delivered", attempt)
+
+    async def _progress(self, job: Job, progress: float) -> None:
+        await asyncio.to_thread(
+            self.store.set_progress, job.id, attempt=job.attempts, progress=progress
+        )
 
     async def _heartbeat(self, job: Job) -> None:
         lease = self.settings.lease_seconds

@@ -20,6 +20,7 @@ from serve_app.jobs import IdempotencyConflict, Job, JobStatus, JobStore, QueueF
 from serve_app.options import parse_options
 from serve_app.settings import Settings
 from serve_app.uploads import check_declared_length, probe_duration, receive_upload, too_long
+from serve_app.webhooks import check_callback_url
 
 logger = logging.getLogger("ray.serve.whisper.intake")
 
@@ -46,11 +47,13 @@ async def accept_job(
     dispatcher: Dispatcher,
     idempotency_key: str | None = None,
     options_from: Callable[[dict[str, str]], dict[str, Any]] = parse_options,
+    takes_callback: bool = False,
 ) -> tuple[Job, bool]:
     """Stream the upload to disk, check it, record a queued job and start it.
 
     Returns (job, created): with an Idempotency-Key used before, the earlier
-    job and False. Leaves no file behind when it refuses.
+    job and False. Leaves no file behind when it refuses. ``takes_callback``:
+    the form may carry a ``callback_url`` (checked against WEBHOOK_ALLOWED_HOSTS).
     """
     with dispatcher.receiving():
         limit = settings.max_file_bytes
@@ -66,7 +69,11 @@ async def accept_job(
             request.headers.get("content-type"), request.stream(), dest=dest, limit=limit
         )
         try:
-            options = options_from(upload.fields)
+            fields = dict(upload.fields)
+            callback_url = fields.pop("callback_url", None) if takes_callback else None
+            options = options_from(fields)
+            if callback_url:
+                callback_url = check_callback_url(callback_url, settings)
             duration = await asyncio.to_thread(probe_duration, dest)
             if duration is not None and duration > settings.max_audio_seconds:
                 raise too_long(duration, settings.max_audio_seconds)
@@ -82,6 +89,7 @@ async def accept_job(
                 max_active=settings.max_queued_jobs,
                 idempotency_key=idempotency_key,
                 audio_sha256=upload.sha256,
+                callback_url=callback_url or None,
             )
         except QueueFull:
             dest.unlink(missing_ok=True)

@@ -57,6 +57,15 @@ class Job(SQLModel, table=True):
     result_json: str | None = None
     error: str | None = None
     error_code: str | None = None
+    progress: float | None = None
+    """While processing: the share of the job's audio decoded (0 to 1)."""
+    callback_url: str | None = None
+    webhook_status: str | None = Field(default=None, index=True)
+    """pending (due at webhook_next_at), delivered or failed; None without callback_url."""
+    webhook_attempts: int = 0
+    webhook_next_at: float | None = None
+    webhook_error: str | None = None
+    webhook_delivered_at: float | None = None
 
     @property
     def options(self) -> dict[str, Any]:
@@ -156,6 +165,7 @@ class JobStore:
         max_active: int,
         idempotency_key: str | None = None,
         audio_sha256: str | None = None,
+        callback_url: str | None = None,
     ) -> tuple[Job, bool]:
         """Insert a queued job; returns (job, created).
 
@@ -176,6 +186,7 @@ class JobStore:
             duration=duration,
             audio_path=audio_path,
             options_json=json.dumps(options),
+            callback_url=callback_url,
         )
         try:
             with self._session(write=True) as s:
@@ -222,6 +233,16 @@ class JobStore:
         with self._session(write=False) as s:
             return 1 + int(s.exec(select(func.count()).select_from(Job).where(ahead)).one())
 
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """How many jobs are queued and processing."""
+        active = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
+        query = select(Job.status, func.count()).where(active).group_by(Job.status)
+        counts = {JobStatus.queued: 0, JobStatus.processing: 0}
+        with self._session(write=False) as s:
+            for status, n in s.exec(query):
+                counts[JobStatus(status)] = int(n)
+        return counts
+
     def count_active(self) -> int:
         with self._session(write=False) as s:
             return self._count_active(s)
@@ -267,21 +288,21 @@ class JobStore:
                 s.delete(job)
             return len(jobs)
 
-    def expire_overdue(self, *, now: float | None = None) -> list[str]:
+    def expire_overdue(self, *, now: float | None = None) -> list[str | None]:
         """End in error every unfinished job past its deadline; returns their audio paths."""
         now = time.time() if now is None else now
-        paths: list[str] = []
+        paths: list[str | None] = []
         with self._session(write=True) as s:
             unfinished = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
             for job in s.exec(select(Job).where(unfinished, col(Job.deadline_at) < now)):
-                if job.audio_path:
-                    paths.append(job.audio_path)
+                paths.append(job.audio_path)
                 job.status = JobStatus.error
                 job.error = "the job did not finish before its deadline; submit it again"
                 job.error_code = "deadline_exceeded"
                 job.finished_at = now
                 job.lease_until = None
                 job.audio_path = None
+                _webhook_due(job, now)
                 s.add(job)
         return paths
 
@@ -334,6 +355,7 @@ class JobStore:
             job.attempts += 1
             job.started_at = job.started_at or now
             job.lease_until = now + lease_s
+            job.progress = 0.0
             s.add(job)
             return job
 
@@ -367,6 +389,60 @@ class JobStore:
             job.finished_at = time.time()
             job.lease_until = None
             job.audio_path = None  # the caller deletes the file once this commits
+            if error is None:
+                job.progress = 1.0
+            _webhook_due(job, job.finished_at)
+            s.add(job)
+            return job
+
+    def set_progress(self, job_id: str, *, attempt: int, progress: float) -> bool:
+        """Record how far a job this caller holds has come (0 to 1)."""
+        with self._session(write=True) as s:
+            job = self._held(s, job_id, attempt)
+            if job is None:
+                return False
+            job.progress = round(min(max(progress, 0.0), 1.0), 3)
+            s.add(job)
+            return True
+
+    def claim_webhook(self, *, lease_s: float, job_id: str | None = None) -> Job | None:
+        """Take one due webhook delivery (its try count raised by one), or None.
+
+        The delivery is held for ``lease_s``: if this caller dies, it is due again after.
+        """
+        now = time.time()
+        with self._session(write=True) as s:
+            query = select(Job).where(
+                Job.webhook_status == "pending", col(Job.webhook_next_at) <= now
+            )
+            if job_id is not None:
+                query = query.where(Job.id == job_id)
+            job = s.exec(query.order_by(Job.webhook_next_at).limit(1)).first()  # type: ignore[arg-type]
+            if job is None:
+                return None
+            job.webhook_attempts += 1
+            job.webhook_next_at = now + lease_s
+            s.add(job)
+            return job
+
+    def webhook_tried(
+        self, job_id: str, *, attempt: int, error: str | None, retry_at: float | None
+    ) -> Job | None:
+        """Record a delivery try: delivered (no error), due again at ``retry_at``, or failed."""
+        with self._session(write=True) as s:
+            job = s.get(Job, job_id)
+            if job is None or job.webhook_status != "pending" or job.webhook_attempts != attempt:
+                return None
+            job.webhook_error = error
+            if error is None:
+                job.webhook_status = "delivered"
+                job.webhook_delivered_at = time.time()
+                job.webhook_next_at = None
+            elif retry_at is None:
+                job.webhook_status = "failed"
+                job.webhook_next_at = None
+            else:
+                job.webhook_next_at = retry_at
             s.add(job)
             return job
 
@@ -378,6 +454,7 @@ class JobStore:
                 return None
             job.status = JobStatus.queued
             job.lease_until = None
+            job.progress = None
             s.add(job)
             return job
 
@@ -387,3 +464,10 @@ class JobStore:
         if job is None or job.status != JobStatus.processing or job.attempts != attempt:
             return None
         return job
+
+
+def _webhook_due(job: Job, now: float) -> None:
+    """A job with a callback_url that just ended: its webhook is due now."""
+    if job.callback_url:
+        job.webhook_status = "pending"
+        job.webhook_next_at = now

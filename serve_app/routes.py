@@ -33,7 +33,17 @@ jobs_router = APIRouter(
     responses={401: {"model": ErrorBody, "description": "missing or invalid bearer token"}},
 )
 
-_MULTIPART_BODY = multipart_openapi(OPENAPI_FIELDS)
+_MULTIPART_BODY = multipart_openapi(
+    {
+        **OPENAPI_FIELDS,
+        "callback_url": {
+            "type": "string",
+            "format": "uri",
+            "description": "POST the job's final JSON here when it ends, signed "
+            "(X-Whisper-Signature); the host must be in WEBHOOK_ALLOWED_HOSTS",
+        },
+    }
+)
 
 
 @health_router.get("/health", response_model=Health)
@@ -78,6 +88,7 @@ async def submit_job(
         store=store,
         dispatcher=dispatcher,
         idempotency_key=idempotency_key,
+        takes_callback=True,
     )
     body = JobAccepted(job_id=job.id, status=job.status).model_dump(mode="json")
     if not created:

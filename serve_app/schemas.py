@@ -25,6 +25,31 @@ class SegmentPublic(BaseModel):
     words: list[WordPublic] | None = Field(default=None, description="with word_timestamps=true")
 
 
+class WebhookPublic(BaseModel):
+    """Delivery of the job's end to its callback_url."""
+
+    url: str
+    status: str | None = Field(
+        default=None,
+        description="pending (until the job ends, and between tries), delivered, failed",
+    )
+    attempts: int = 0
+    last_error: str | None = Field(default=None, description="what the last failed try got")
+    delivered_at: datetime | None = None
+
+    @classmethod
+    def from_job(cls, job: Job) -> Self | None:
+        if not job.callback_url:
+            return None
+        return cls(
+            url=job.callback_url,
+            status=job.webhook_status or "pending",
+            attempts=job.webhook_attempts,
+            last_error=job.webhook_error,
+            delivered_at=_utc(job.webhook_delivered_at),
+        )
+
+
 class JobAccepted(BaseModel):
     job_id: str
     status: JobStatus = JobStatus.queued
@@ -40,6 +65,9 @@ class JobSummary(BaseModel):
     finished_at: datetime | None = None
     duration: float | None = Field(default=None, description="audio length in seconds")
     attempts: int = 0
+    progress: float | None = Field(
+        default=None, description="share of the audio decoded: 0 to 1 while processing, 1 when done"
+    )
     language: str | None = None
     error: str | None = None
     error_code: str | None = None
@@ -55,6 +83,7 @@ class JobSummary(BaseModel):
             finished_at=_utc(job.finished_at),
             duration=job.duration,
             attempts=job.attempts,
+            progress=job.progress,
             language=result.get("language"),
             error=job.error,
             error_code=job.error_code,
@@ -69,6 +98,7 @@ class JobPublic(JobSummary):
     )
     text: str | None = None
     segments: list[SegmentPublic] | None = None
+    webhook: WebhookPublic | None = Field(default=None, description="with callback_url")
 
     @classmethod
     def from_job(cls, job: Job) -> Self:
@@ -78,6 +108,7 @@ class JobPublic(JobSummary):
                 **JobSummary.from_job(job).model_dump(),
                 "text": result.get("text"),
                 "segments": result.get("segments"),
+                "webhook": WebhookPublic.from_job(job),
             }
         )
 

@@ -74,6 +74,21 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=20, gt=0)
     """How long a claimed job is held without a heartbeat before another gateway may retry it."""
 
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Hosts a job's callback_url may name (host, host:port, *.domain); empty: webhooks off."""
+
+    webhook_secret: SecretStr | None = None
+    """Key of the HMAC-SHA256 in X-Whisper-Signature; required with WEBHOOK_ALLOWED_HOSTS."""
+
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    """Tries per webhook delivery before it is marked failed."""
+
+    webhook_retry_base_s: float = Field(default=2.0, gt=0)
+    """Wait before the second try; it doubles for each later one (at most an hour)."""
+
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    """How long one try waits for the receiver's answer."""
+
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -81,8 +96,27 @@ class Settings(BaseSettings):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        hosts = [h.strip().lower() for h in value.split(",") if h.strip()]
+        for host in hosts:
+            name, _, port = host.partition(":")
+            if not name or "/" in host or (port and not port.isdigit()):
+                raise ValueError(
+                    f"WEBHOOK_ALLOWED_HOSTS entry {host!r} is not a host, host:port or *.domain"
+                )
+        return hosts
+
     @model_validator(mode="after")
     def _fail_closed(self) -> Settings:
+        if self.webhook_allowed_hosts and self.webhook_secret is None:
+            raise ValueError(
+                "WEBHOOK_ALLOWED_HOSTS is set but WEBHOOK_SECRET is empty: set WEBHOOK_SECRET "
+                "to a secret that receivers use to check the X-Whisper-Signature header"
+            )
         if self.require_auth and not self.api_keys:
             raise ValueError(
                 "REQUIRE_AUTH is true (the default) but WHISPER_API_KEY is empty: "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from deployments.interface import (
 )
 from deployments.packing import Packing
 from deployments.transcriber import Transcriber
+from serve_app.dispatcher import ProgressFn, follow
 
 
 class FakeEngine:
@@ -93,7 +94,18 @@ class LocalClient:
         self.calls = 0
 
     async def transcribe(
-        self, audio: bytes, options: dict[str, Any], owner: str = "", more_coming: bool = False
+        self,
+        audio: bytes,
+        options: dict[str, Any],
+        owner: str = "",
+        more_coming: bool = False,
+        on_progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
         self.calls += 1
-        return await self.transcriber.transcribe(audio, options, owner, more_coming)
+        events = self.transcriber.transcribe(audio, options, owner, more_coming)
+        return await follow(events, on_progress)
+
+
+async def final(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """A Transcriber's last event (its result or error), progress skipped."""
+    return await follow(events, None)

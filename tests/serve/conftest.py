@@ -16,6 +16,7 @@ KEY = "serve-test-key-7f3a9c"
 OTHER_KEY = "serve-test-other-key-52d1e8"
 ORIGIN = "https://app.pilotys.example"
 MAX_QUEUED_JOBS = 16
+WEBHOOK_SECRET = "serve-test-whsec-91c4e0"
 
 
 class Server(ServeProcess):
@@ -31,6 +32,8 @@ class Server(ServeProcess):
                 "DB_PATH": str(workdir / "db" / "whisper-jobs.db"),
                 "WHISPER_CPU_THREADS": "2",
                 "MAX_QUEUED_JOBS": str(MAX_QUEUED_JOBS),
+                "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+                "WEBHOOK_SECRET": WEBHOOK_SECRET,
             },
             port=PORT,
         )

@@ -1,12 +1,14 @@
-"""No transcript text and no token in any log line: the app's, Ray's, or serve run's."""
+"""No transcript text, token or secret in any log line: the app's, Ray's, or serve run's."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
+from serve_app.webhooks import verify
 from tests.audio_util import DATA, words
-from tests.serve.conftest import KEY, Server, submit, wait_done
+from tests.receiver import Receiver
+from tests.serve.conftest import KEY, WEBHOOK_SECRET, Server, wait_done
 
 pytestmark = pytest.mark.serve
 
@@ -14,13 +16,26 @@ SENTINEL = DATA / "sentinel.wav"  # espeak-ng: "purple giraffes dance quietly to
 
 
 def test_transcripts_and_tokens_never_reach_a_log(server: Server, client: httpx.Client) -> None:
-    done = wait_done(client, submit(client, SENTINEL.read_bytes(), "sentinel.wav"))
+    hook_token = "hook-token-3e8d51"
+    with Receiver() as receiver:
+        r = client.post(
+            "/transcribe",
+            files={"file": ("sentinel.wav", SENTINEL.read_bytes())},
+            data={"callback_url": f"{receiver.url}/hook?token={hook_token}"},
+        )
+        assert r.status_code == 202, r.text
+        done = wait_done(client, r.json()["job_id"])
+        # The job's end also went to the webhook receiver, signed.
+        (delivery,) = receiver.wait_for(1)
+    assert verify(WEBHOOK_SECRET, delivery.body, delivery.headers["x-whisper-signature"])
+    assert delivery.json["text"] == done["text"]
     assert done["status"] == "done"
     heard = words(done["text"])
     assert "giraffe" in heard, heard
-    # Probes: the text we got back, in pieces a log line could hold, and the key.
+    # Probes: the text we got back, in pieces a log line could hold, the key, the
+    # webhook secret and the callback URL's token.
     text_words = heard.split()
-    probes = {KEY, "giraffe", "fellow americans"} | {
+    probes = {KEY, WEBHOOK_SECRET, hook_token, "giraffe", "fellow americans"} | {
         " ".join(text_words[i : i + 3]) for i in range(max(1, len(text_words) - 2))
     }
     files = server.log_files()

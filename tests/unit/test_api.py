@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -175,7 +176,7 @@ def test_not_multipart_is_415(client: TestClient) -> None:
 def test_engine_refusal_ends_the_job_in_error(tmp_path: Path) -> None:
     class Refusing(LocalClient):
         async def transcribe(
-            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False
+            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
         ) -> dict:
             return {"error": "could not decode the audio: broken frames"}
 
@@ -191,7 +192,7 @@ def test_engine_refusal_ends_the_job_in_error(tmp_path: Path) -> None:
 def test_a_crashing_engine_is_retried_then_reported(tmp_path: Path) -> None:
     class Crashing(LocalClient):
         async def transcribe(
-            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False
+            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
         ) -> dict:
             self.calls += 1
             raise ConnectionError("replica died")
@@ -256,7 +257,7 @@ class Hanging(LocalClient):
     """An engine that never answers."""
 
     async def transcribe(
-        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False
+        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
     ) -> dict:
         self.calls += 1
         await asyncio.Event().wait()
@@ -372,10 +373,10 @@ def test_fast_path_and_sweep_racing_for_a_job_still_run_it(tmp_path: Path) -> No
 def test_long_poll_answers_when_the_job_ends(tmp_path: Path) -> None:
     class Slow(LocalClient):
         async def transcribe(
-            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False
+            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
         ) -> dict:
             await asyncio.sleep(0.5)
-            return await super().transcribe(audio, options, owner, more_coming)
+            return await super().transcribe(audio, options, owner, more_coming, **kw)
 
     with TestClient(create_app(make_settings(tmp_path), Slow())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
@@ -402,10 +403,10 @@ class Recording(LocalClient):
         self.options: list[dict] = []
 
     async def transcribe(
-        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False
+        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
     ) -> dict:
         self.options.append(options)
-        return await super().transcribe(audio, options, owner, more_coming)
+        return await super().transcribe(audio, options, owner, more_coming, **kw)
 
 
 def test_job_options_travel_to_the_engine(tmp_path: Path) -> None:
@@ -548,3 +549,36 @@ def test_a_long_poll_hears_of_a_job_another_gateway_ends(tmp_path: Path) -> None
 
     took = asyncio.run(run())
     assert took < 0.3 + WAIT_RECHECK_S / 2
+
+
+def test_a_running_job_shows_its_progress(tmp_path: Path) -> None:
+    """Progress streams from the Transcriber to the job record while it decodes."""
+    from deployments.interface import EngineConfig
+    from deployments.transcriber import Transcriber
+    from tests.fakes import FakeEngine
+
+    class SlowEngine(FakeEngine):
+        def run_batch(self, chunks):  # type: ignore[no-untyped-def]
+            time.sleep(0.3)
+            return super().run_batch(chunks)
+
+    class FourChunks(LocalClient):
+        async def transcribe(self, audio: bytes, *args: Any, **kw: Any) -> dict:
+            return await super().transcribe(b"FAKE long 4", *args, **kw)
+
+    transcriber = Transcriber(EngineConfig(), engine_factory=SlowEngine)
+    transcriber.reconfigure({"max_batch_size": 1})
+    with TestClient(create_app(make_settings(tmp_path), FourChunks(transcriber))) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        seen: set[float] = set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            body = c.get(f"/transcribe/{job_id}", headers=AUTH).json()
+            if body["status"] == "processing":
+                seen.add(body["progress"])
+            if body["status"] == "done":
+                break
+            time.sleep(0.05)
+    assert body["status"] == "done" and body["progress"] == 1.0
+    assert seen & {0.25, 0.5, 0.75}, seen
+    assert all(0 <= p < 1 for p in seen)

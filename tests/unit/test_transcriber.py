@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.fakes import FakeEngine, fake_transcriber
+from tests.fakes import FakeEngine, fake_transcriber, final
 
 
 def test_chunks_of_concurrent_jobs_share_batches() -> None:
@@ -13,7 +13,7 @@ def test_chunks_of_concurrent_jobs_share_batches() -> None:
 
     async def run() -> list[dict]:
         return await asyncio.gather(
-            *(transcriber.transcribe(f"FAKE job{j} 3".encode(), {}) for j in range(10))
+            *(final(transcriber.transcribe(f"FAKE job{j} 3".encode(), {})) for j in range(10))
         )
 
     replies = asyncio.run(run())
@@ -34,9 +34,9 @@ def test_bad_input_fails_only_its_own_job() -> None:
 
     async def run() -> list[dict]:
         return await asyncio.gather(
-            transcriber.transcribe(b"FAKE good 2", {}),
-            transcriber.transcribe(b"BAD", {}),
-            transcriber.transcribe(b"FAKE fine 1", {}),
+            final(transcriber.transcribe(b"FAKE good 2", {})),
+            final(transcriber.transcribe(b"BAD", {})),
+            final(transcriber.transcribe(b"FAKE fine 1", {})),
         )
 
     good, bad, fine = asyncio.run(run())
@@ -50,7 +50,7 @@ def test_reconfigure_sets_batch_limits() -> None:
     transcriber.reconfigure({"max_batch_size": 2, "batch_wait_timeout_s": 0.01})
 
     async def run() -> None:
-        await asyncio.gather(*(transcriber.transcribe(b"FAKE x 3", {}) for _ in range(4)))
+        await asyncio.gather(*(final(transcriber.transcribe(b"FAKE x 3", {})) for _ in range(4)))
 
     asyncio.run(run())
     engine = transcriber.engine
@@ -59,7 +59,7 @@ def test_reconfigure_sets_batch_limits() -> None:
 
 
 def test_unknown_option_is_an_input_error() -> None:
-    reply = asyncio.run(fake_transcriber().transcribe(b"FAKE x 1", {"colour": "red"}))
+    reply = asyncio.run(final(fake_transcriber().transcribe(b"FAKE x 1", {"colour": "red"})))
     assert "colour" in reply["error"]
 
 
@@ -71,9 +71,11 @@ def test_a_hint_that_more_jobs_are_coming_holds_the_first_batch() -> None:
         transcriber.reconfigure({"batch_wait_timeout_s": 0.0, "batch_wait_busy_s": 0.5})
 
         async def run() -> None:
-            first = asyncio.create_task(transcriber.transcribe(b"FAKE a 1", {}, "o", more_coming))
+            first = asyncio.create_task(
+                final(transcriber.transcribe(b"FAKE a 1", {}, "o", more_coming))
+            )
             await asyncio.sleep(0.1)
-            rest = [transcriber.transcribe(b"FAKE b 1", {}, "o") for _ in range(3)]
+            rest = [final(transcriber.transcribe(b"FAKE b 1", {}, "o")) for _ in range(3)]
             await asyncio.gather(first, *rest)
 
         asyncio.run(run())
@@ -83,3 +85,17 @@ def test_a_hint_that_more_jobs_are_coming_holds_the_first_batch() -> None:
 
     assert first_batch(more_coming=False)[0] == 1
     assert first_batch(more_coming=True) == [4]
+
+
+def test_a_long_job_reports_its_progress_batch_by_batch() -> None:
+    transcriber = fake_transcriber()
+    transcriber.reconfigure({"max_batch_size": 2, "batch_wait_timeout_s": 0.0})
+
+    async def run() -> list[dict]:
+        return [event async for event in transcriber.transcribe(b"FAKE long 5", {})]
+
+    events = asyncio.run(run())
+    progress = [e["progress"] for e in events if "progress" in e]
+    # 5 chunks in batches of 2: after 2 and 4 of them; then the result.
+    assert progress == [0.4, 0.8]
+    assert events[-1]["result"]["text"].startswith("long part 0")

@@ -1,0 +1,126 @@
+"""Webhooks: when a job ends, POST its final JSON to the job's ``callback_url``, signed.
+
+Only hosts listed in WEBHOOK_ALLOWED_HOSTS are called: a server that fetches
+any URL a client gives it lets clients reach what only the server can (an SSRF
+hole), so others are refused at submit. Redirects are not followed, for the
+same reason.
+
+Delivery is at least once: the job row carries the delivery state, any gateway
+replica delivers what is due (the sweep), a failed try is retried with
+exponential backoff up to WEBHOOK_MAX_ATTEMPTS. Receivers check the signature
+and may see a delivery twice (after a crash): the job id identifies it.
+
+Signature, as Stripe and Slack do it::
+
+    X-Whisper-Signature: t=<unix time>,v1=<hex HMAC-SHA256(WEBHOOK_SECRET, "<t>.<body>")>
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from urllib.parse import urlsplit
+
+import httpx
+
+from serve_app.settings import Settings
+from serve_app.uploads import UploadError
+
+logger = logging.getLogger("ray.serve.whisper.webhooks")
+
+SIGNATURE_HEADER = "X-Whisper-Signature"
+MAX_URL_LENGTH = 2048
+
+
+def check_callback_url(url: str, settings: Settings) -> str:
+    """The URL if the server may call it; else a 400 that says why."""
+    allowed = settings.webhook_allowed_hosts
+    if not allowed:
+        raise UploadError(
+            400,
+            "callback_url is not accepted here: the server has no WEBHOOK_ALLOWED_HOSTS "
+            "(poll GET /transcribe/{job_id}?wait=60 instead)",
+            "callback_url",
+        )
+    if len(url) > MAX_URL_LENGTH:
+        raise UploadError(400, f"callback_url is longer than {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise UploadError(400, "callback_url is not a valid URL", "callback_url") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UploadError(
+            400, "callback_url must be an http:// or https:// URL with a host", "callback_url"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise UploadError(400, "callback_url must not carry a user or password", "callback_url")
+    host = parts.hostname.lower()
+    if not any(_host_matches(host, port, entry) for entry in allowed):
+        raise UploadError(
+            400,
+            f"callback_url host {host!r} is not in the server's WEBHOOK_ALLOWED_HOSTS",
+            "callback_url",
+        )
+    return url.strip()
+
+
+def _host_matches(host: str, port: int | None, entry: str) -> bool:
+    """``example.com`` (any port), ``example.com:8443`` (that port), ``*.example.com``."""
+    name, _, wanted_port = entry.partition(":")
+    if name.startswith("*."):
+        name_ok = host.endswith(name[1:]) and host != name[2:]
+    else:
+        name_ok = host == name
+    if not wanted_port:
+        return name_ok
+    return name_ok and port == int(wanted_port)
+
+
+def signature(secret: str, body: bytes, timestamp: int) -> str:
+    """The X-Whisper-Signature value for ``body`` sent at ``timestamp``."""
+    signed = f"{timestamp}.".encode() + body
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify(secret: str, body: bytes, header: str, *, tolerance_s: float = 300) -> bool:
+    """What a receiver does: check the HMAC and that the timestamp is recent."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        timestamp = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - timestamp) > tolerance_s:
+        return False
+    expected = signature(secret, body, timestamp)
+    return hmac.compare_digest(expected, header)
+
+
+def backoff_s(attempt: int, settings: Settings) -> float:
+    """Wait before try ``attempt + 1``: base, 2 x base, 4 x base... at most an hour."""
+    return float(min(settings.webhook_retry_base_s * 2 ** (attempt - 1), 3600.0))
+
+
+async def post(
+    client: httpx.AsyncClient, url: str, body: bytes, *, job_id: str, attempt: int, secret: str
+) -> str | None:
+    """One try; None when the receiver took it (2xx), else what went wrong (no URL, no body)."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "whisper-server-webhook",
+        "X-Whisper-Job-Id": job_id,
+        "X-Whisper-Delivery-Attempt": str(attempt),
+        SIGNATURE_HEADER: signature(secret, body, int(time.time())),
+    }
+    try:
+        response = await client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    if response.is_success:
+        return None
+    if response.is_redirect:
+        return f"HTTP {response.status_code} (redirects are not followed)"
+    return f"HTTP {response.status_code}"
