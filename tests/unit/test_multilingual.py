@@ -1,0 +1,65 @@
+"""French on the bundled multilingual base model (WHISPER_MODEL=base), as the seed's users speak."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jiwer
+import pytest
+from fastapi.testclient import TestClient
+
+from deployments.engine import WhisperEngine
+from deployments.interface import EngineConfig, TranscribeOptions, assemble
+from deployments.transcriber import Transcriber
+from serve_app.main import create_app
+from tests.audio_util import DATA, words
+from tests.fakes import LocalClient
+from tests.unit.test_api import AUTH, make_settings
+
+pytestmark = pytest.mark.model
+
+# espeak-ng -v fr (tests/data/README.md)
+FRENCH = DATA / "french.flac"
+FRENCH_TEXT = (
+    "bonjour à tous la réunion de l'équipe commence maintenant nous allons parler "
+    "du budget de l'année prochaine et des nouveaux clients ensuite chacun présentera "
+    "son travail de la semaine merci de garder vos questions pour la fin de la réunion"
+)
+BASE = EngineConfig(model="base", cpu_threads=2, cpu_nice=0)
+
+
+@pytest.fixture(scope="module")
+def engine() -> WhisperEngine:
+    return WhisperEngine(BASE)
+
+
+def test_french_comes_back_in_french(engine: WhisperEngine) -> None:
+    prepared = engine.prepare(FRENCH.read_bytes(), TranscribeOptions())
+    result = assemble(prepared, engine.run_batch(prepared.chunks)).to_dict()
+    assert result["language"] == "fr"  # detected, not asked for
+    assert "Bonjour à tous" in result["text"]
+    heard = words(result["text"])
+    assert "commence maintenant nous allons parler du budget" in heard, heard
+    assert jiwer.wer(words(FRENCH_TEXT), heard) < 0.35, heard
+
+
+def test_french_translated_to_english(engine: WhisperEngine) -> None:
+    options = TranscribeOptions(language="fr", task="translate")
+    prepared = engine.prepare(FRENCH.read_bytes(), options)
+    heard = words(assemble(prepared, engine.run_batch(prepared.chunks)).text)
+    assert "team" in heard and "thank you" in heard, heard
+    assert "bonjour" not in heard and "maintenant" not in heard
+
+
+def test_a_french_job_through_the_api(tmp_path: Path) -> None:
+    client = LocalClient(Transcriber(BASE))
+    with TestClient(create_app(make_settings(tmp_path, whisper_model="base"), client)) as c:
+        r = c.post("/transcribe", headers=AUTH, files={"file": ("fr.flac", FRENCH.read_bytes())})
+        assert r.status_code == 202, r.text
+        job = c.get(f"/transcribe/{r.json()['job_id']}?wait=60", headers=AUTH).json()
+        assert job["status"] == "done", job
+        assert job["language"] == "fr"
+        assert "bonjour" in words(job["text"])
+        srt = c.get(f"/transcribe/{job['job_id']}?format=srt", headers=AUTH).text
+        assert srt.startswith("1\n00:00:0") and "Bonjour" in srt
