@@ -2,7 +2,7 @@
 
 export WHISPER_SERVER_URL=http://localhost:8000 WHISPER_API_KEY=...
 whisper-serve transcribe meeting.mp3 interview.wav --format srt
-whisper-serve transcribe long.mp3 --no-wait        (prints the job id)
+whisper-serve transcribe long.mp3 --no-wait        (prints the job id; --wait is the default)
 whisper-serve status JOB_ID [--format txt]
 """
 
@@ -20,6 +20,9 @@ import httpx
 FORMATS = ("txt", "json", "srt", "vtt")
 # Long polls: each GET waits up to this long for the job to end.
 POLL_WAIT_S = 20
+# With a status line on screen, it is redrawn this often.
+PROGRESS_POLL_S = 1
+BAR_WIDTH = 24
 
 
 class CliError(Exception):
@@ -52,22 +55,33 @@ def submit(client: httpx.Client, path: Path, options: dict[str, str]) -> str:
 
 
 def wait(client: httpx.Client, job_id: str, label: str, show: bool) -> dict[str, Any]:
-    """Long-poll until the job ends, drawing a status line on stderr."""
+    """Long-poll until the job ends, drawing a status line (a bar once it has progress)."""
     begin = time.monotonic()
+    # Someone watching: come back often enough to move the bar and the clock.
+    poll = PROGRESS_POLL_S if show else POLL_WAIT_S
     while True:
         job: dict[str, Any] = _check(
-            client.get(f"/transcribe/{job_id}", params={"wait": POLL_WAIT_S})
+            client.get(f"/transcribe/{job_id}", params={"wait": poll})
         ).json()
         if show:
-            elapsed = time.monotonic() - begin
-            audio = f", {job['duration']:.0f} s of audio" if job.get("duration") else ""
-            print(
-                f"\r{label}: {job['status']} ({elapsed:.0f} s{audio})   ", end="", file=sys.stderr
-            )
+            print(f"\r{status_line(job, label, time.monotonic() - begin)}", end="", file=sys.stderr)
         if job["status"] in ("done", "error"):
             if show:
                 print(file=sys.stderr)
             return job
+
+
+def status_line(job: dict[str, Any], label: str, elapsed: float) -> str:
+    """``meeting.mp3: processing [######------]  52% (14 s, 301 s of audio)``."""
+    audio = f", {job['duration']:.0f} s of audio" if job.get("duration") else ""
+    progress = job.get("progress")
+    state = job["status"]
+    if state == "queued" and job.get("queue_position"):
+        state = f"queued (#{job['queue_position']})"
+    elif state in ("processing", "done") and progress is not None:
+        filled = round(BAR_WIDTH * progress)
+        state += f" [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {progress:4.0%}"
+    return f"{label}: {state} ({elapsed:.0f} s{audio})   "
 
 
 def render(client: httpx.Client, job_id: str, fmt: str) -> str:
@@ -88,7 +102,18 @@ def main(argv: list[str] | None = None, client: httpx.Client | None = None) -> i
     run.add_argument("files", nargs="+", type=Path)
     run.add_argument("--format", choices=FORMATS, default="txt")
     run.add_argument("--language", help="ISO 639-1 code, e.g. fr; detected when left out")
-    run.add_argument("--no-wait", action="store_true", help="print job ids and return")
+    run.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait and print transcripts (default), or print job ids and return",
+    )
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a status line with a progress bar on stderr (default: when it is a terminal)",
+    )
     status = commands.add_parser("status", help="a job's status, or its transcript once done")
     status.add_argument("job_id")
     status.add_argument("--format", choices=FORMATS, default="json")
@@ -118,13 +143,14 @@ def _run(args: argparse.Namespace, client: httpx.Client) -> int:
         return 0
     options = {"language": args.language} if args.language else {}
     ids = [(path, submit(client, path, options)) for path in args.files]
-    if args.no_wait:
+    if not args.wait:
         for path, job_id in ids:
             print(f"{job_id}\t{path}")
         return 0
     failed = 0
     for path, job_id in ids:
-        job = wait(client, job_id, str(path), show=sys.stderr.isatty())
+        show = sys.stderr.isatty() if args.progress is None else args.progress
+        job = wait(client, job_id, str(path), show=show)
         if job["status"] == "error":
             print(f"{path}: {job.get('error')}", file=sys.stderr)
             failed += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,3 +52,35 @@ def test_errors_are_one_line_and_exit_2(
     http.headers["Authorization"] = "Bearer wrong"
     assert main(["status", "x"], client=http) == 2
     assert "401: invalid API key" in capsys.readouterr().err
+
+
+def test_a_long_job_draws_a_progress_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from deployments.interface import EngineConfig
+    from deployments.transcriber import Transcriber
+    from tests.fakes import FakeEngine
+
+    class SlowEngine(FakeEngine):
+        def run_batch(self, chunks):  # type: ignore[no-untyped-def]
+            time.sleep(0.6)
+            return super().run_batch(chunks)
+
+    class FourChunks(LocalClient):
+        async def transcribe(self, audio: bytes, *args: object, **kw: object) -> dict:
+            return await super().transcribe(b"FAKE long 4", *args, **kw)  # type: ignore[arg-type]
+
+    transcriber = Transcriber(EngineConfig(), engine_factory=SlowEngine)
+    transcriber.reconfigure({"max_batch_size": 1})
+    with TestClient(create_app(make_settings(tmp_path), FourChunks(transcriber))) as client:
+        client.headers["Authorization"] = f"Bearer {KEY}"
+        assert main(["transcribe", str(JFK), "--progress"], client=client) == 0
+    err = capsys.readouterr().err
+    bars = re.findall(r"processing \[(#*)(-*)\] +(\d+)%", err)
+    assert bars, err
+    for filled, empty, percent in bars:
+        assert len(filled) + len(empty) == 24 and percent in ("0", "25", "50", "75")
+        assert len(filled) == round(24 * int(percent) / 100)
+    assert re.search(r"done \[#{24}\] 100%", err), err
