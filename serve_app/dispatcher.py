@@ -202,7 +202,7 @@ class Dispatcher:
         """End overdue jobs, delete expired ones, remove audio no job needs."""
         for path in await asyncio.to_thread(self.store.expire_overdue):
             self.metrics.job_finished(
-                error_code="deadline_exceeded", latency_s=0.0, audio_s=None, run_s=None
+                error_code="deadline_exceeded", latency_s=None, audio_s=None, run_s=None
             )
             if path:
                 Path(path).unlink(missing_ok=True)

@@ -57,13 +57,14 @@ class JobMetrics:
         self,
         *,
         error_code: str | None,
-        latency_s: float,
+        latency_s: float | None,
         audio_s: float | None,
         run_s: float | None,
     ) -> None:
         status = "done" if error_code is None else "error"
         self.finished.inc(tags={"status": status, "error_code": error_code or ""})
-        self.latency.observe(max(latency_s, 0.0))
+        if latency_s is not None:
+            self.latency.observe(max(latency_s, 0.0))
         if error_code is None and audio_s:
             self.audio_seconds.inc(audio_s)
             if run_s is not None:
