@@ -6,7 +6,8 @@ burst of short jobs ends in a straggler batch whose window is nearly empty
 (on CPU a window costs about the same, full or not). Here, as in faster-whisper's
 ``BatchedInferencePipeline``, the engine takes what is queued when it is free:
 
-1. let the batch fill: up to ``max_batch_size`` chunks, until its oldest chunk
+1. let the batch fill: up to ``max_batch_size`` windows (chunks, after
+   packing: what one encoder/decoder pass takes), until its oldest chunk
    has waited ``wait_s`` (``busy_wait_s`` while more chunks are on their way:
    jobs being prepared, uploads in progress). Under load the oldest chunk
    arrived during the last decode, so the next batch starts at once;
@@ -25,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from deployments.interface import Chunk, ChunkResult
-from deployments.packing import Packing, plan_windows
+from deployments.packing import Packing, Window, plan_windows
 
 logger = logging.getLogger("ray.serve.whisper.batcher")
 
@@ -35,7 +36,8 @@ MIN_FILL = 0.5
 
 @dataclass
 class BatchLimits:
-    max_batch_size: int = 32
+    max_batch_size: int = 8
+    """Windows (<= 30 s each, after packing) decoded in one pass."""
     wait_s: float = 0.02
     """How long a batch waits to fill, from its oldest chunk's arrival."""
     busy_wait_s: float = 0.5
@@ -118,9 +120,9 @@ class ChunkBatcher:
                     p.future.set_result(result)
 
     async def _fill(self) -> None:
-        """Wait until a batch is full, or its wait (from its oldest chunk) has passed."""
+        """Wait until the queue fills a batch, or the wait (from its oldest chunk) has passed."""
         limits = self.limits
-        while len(self._queue) < limits.max_batch_size:
+        while len(self._plan()[1]) < limits.max_batch_size:
             wait = limits.busy_wait_s if self._coming() else limits.wait_s
             left = self._queue[0].arrived + wait - time.monotonic()
             if left <= 0:
@@ -129,41 +131,52 @@ class ChunkBatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
 
-    def _take(self) -> list[_Pending]:
-        """The next batch; while more chunks are coming, a nearly empty packed window waits."""
-        limits = self.limits
+    def _plan(self) -> tuple[list[_Pending], list[Window]]:
+        """The chunks still wanted, and the windows they make, in arrival order."""
         live = [p for p in self._queue if not p.future.done()]  # callers gone
-        batch, rest = live[: limits.max_batch_size], live[limits.max_batch_size :]
-        chunks = [p.chunk for p in batch]
-        windows = plan_windows(chunks, limits.packing)
+        return live, plan_windows([p.chunk for p in live], self.limits.packing)
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: the first ``max_batch_size`` windows of what is queued.
+
+        While more chunks are coming, a nearly empty packed window waits for them.
+        """
+        limits = self.limits
+        live, windows = self._plan()
+        chosen = windows[: limits.max_batch_size]
         held: set[int] = set()
         if self._coming() and limits.packing.enabled:
             # The last window of each packing key is the one still filling.
             last_of_key = {
-                chunks[w.members[0]].pack_key: w
+                live[w.members[0]].chunk.pack_key: w
                 for w in windows
-                if chunks[w.members[0]].packable
-                and chunks[w.members[0]].duration <= limits.packing.max_clip_s
+                if live[w.members[0]].chunk.packable
+                and live[w.members[0]].chunk.duration <= limits.packing.max_clip_s
             }
             for window in last_of_key.values():
-                if window.duration < MIN_FILL * limits.packing.window_s and not any(
-                    batch[m].held_back for m in window.members
+                if (
+                    any(window is c for c in chosen)
+                    and window.duration < MIN_FILL * limits.packing.window_s
+                    and not any(live[m].held_back for m in window.members)
                 ):
                     held.update(window.members)
-            if len(held) == len(batch):
-                held = set()  # never leave the engine idle
-        kept = [p for i, p in enumerate(batch) if i not in held]
-        back = [p for i, p in enumerate(batch) if i in held]
-        for p in back:
-            p.held_back = True
-        self._queue = back + rest
-        if kept and self._on_batch is not None:
+        taken = {m for w in chosen for m in w.members}
+        if held == taken:
+            held = set()  # never leave the engine idle
+        batch = [p for i, p in enumerate(live) if i in taken and i not in held]
+        for i in held:
+            live[i].held_back = True
+        # Held-back chunks first: they go into the next batch, with the newcomers.
+        self._queue = [live[i] for i in sorted(held)] + [
+            p for i, p in enumerate(live) if i not in taken
+        ]
+        if batch and self._on_batch is not None:
             self._on_batch(
                 BatchStats(
-                    chunks=len(kept),
-                    windows=sum(1 for w in windows if w.members[0] not in held),
-                    audio_s=sum(p.chunk.duration for p in kept),
-                    held_back=len(back),
+                    chunks=len(batch),
+                    windows=sum(1 for w in chosen if w.members[0] not in held),
+                    audio_s=sum(p.chunk.duration for p in batch),
+                    held_back=len(held),
                 )
             )
-        return kept
+        return batch

@@ -21,6 +21,8 @@ from deployments.interface import Chunk, Segment, Word
 GAP_S = 1.0
 # Speech left after the last decoded word for a clip to count as cut short.
 REACH_SLACK_S = 1.0
+_GAP = np.zeros(int(GAP_S * SAMPLE_RATE), dtype=np.float32)
+_GAP.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,7 @@ class Window:
         return len(self.members) > 1
 
     def add(self, index: int, chunk: Chunk) -> None:
-        gap = np.zeros(int(GAP_S * SAMPLE_RATE), dtype=np.float32)
-        self.pieces += [gap, chunk.samples]
+        self.pieces += [_GAP, chunk.samples]
         start = self.duration + GAP_S
         self.members.append(index)
         self.starts.append(start)

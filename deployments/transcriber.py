@@ -37,8 +37,12 @@ WINDOW_S = 30.0
 class BatchConfig(BaseModel):
     """Live-tunable batching (``user_config`` in serve_config.yaml)."""
 
-    max_batch_size: int = Field(default=32, ge=1, le=256)
-    """Chunks (<= 30 s each) taken into one batch, from any jobs, before packing."""
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    """Windows (<= 30 s each, after packing) decoded in one pass, from any jobs.
+
+    On a CPU 4-8 is best: a batch runs as long as its longest window, so one
+    window that loops to the token limit holds up the others.
+    """
     batch_wait_timeout_s: float = Field(default=0.02, ge=0, le=5)
     """How long a batch waits to fill, from its oldest chunk's arrival."""
     batch_wait_busy_s: float = Field(default=0.5, ge=0, le=5)
@@ -90,7 +94,7 @@ class Transcriber:
         self._batcher.limits = cfg.limits
         self.engine.set_packing(cfg.limits.packing)
         logger.info(
-            "batching: max %d chunks, wait %.3f s (%.3f s while more are coming), "
+            "batching: max %d windows, wait %.3f s (%.3f s while more are coming), "
             "packing %s (%g s windows)",
             cfg.max_batch_size,
             cfg.batch_wait_timeout_s,

@@ -119,3 +119,20 @@ def test_a_cancelled_caller_is_left_out_and_errors_reach_every_caller() -> None:
 
     asyncio.run(run())
     assert calls == [2]
+
+
+def test_a_batch_holds_at_most_max_batch_size_windows_after_packing() -> None:
+    engine = Engine(seconds=0.05)
+    stats: list[BatchStats] = []
+
+    async def run() -> None:
+        b = batcher(engine, [False], wait_s=0.0, max_batch_size=2)
+        b._on_batch = stats.append
+        # 16 clips of 3 s, 7 to a window: 3 windows; 2 go first, in arrival order.
+        await asyncio.gather(*b.enqueue([clip(3) for _ in range(16)]))
+        # Long chunks are a window each.
+        await asyncio.gather(*b.enqueue([clip(30) for _ in range(5)]))
+
+    asyncio.run(run())
+    assert [len(batch) for batch in engine.batches] == [14, 2, 2, 2, 1]
+    assert [s.windows for s in stats] == [2, 1, 2, 2, 1]
