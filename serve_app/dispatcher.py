@@ -109,6 +109,7 @@ class Dispatcher:
         # Requests waiting for a job to end (long polls), by job id.
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._watch_task: asyncio.Task[None] | None = None
+        self._look_again = False
         self._deliveries: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self.metrics = JobMetrics()
@@ -158,6 +159,9 @@ class Dispatcher:
         """
         event = asyncio.Event()
         self._waiters.setdefault(job_id, set()).add(event)
+        # The caller read the job before this: an end committed since then may
+        # already be counted in the version the watcher last saw, so look once.
+        self._look_again = True
         if self._watch_task is None or self._watch_task.done():
             self._watch_task = asyncio.create_task(self._watch())
         try:
@@ -175,13 +179,13 @@ class Dispatcher:
                 event.set()
 
     async def _watch(self) -> None:
-        seen = await asyncio.to_thread(self.store.data_version)
+        seen = -1
         while self._waiters:
             await asyncio.sleep(WATCH_INTERVAL_S)
             try:
                 version = await asyncio.to_thread(self.store.data_version)
-                if version != seen:
-                    seen = version
+                if version != seen or self._look_again:
+                    seen, self._look_again = version, False
                     ended = await asyncio.to_thread(self.store.ended_among, list(self._waiters))
                     self._wake(ended)
             except Exception:
