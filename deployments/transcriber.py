@@ -133,6 +133,8 @@ class Transcriber:
                 self._preparing -= 1
                 self._batcher.nudge()
             pending = set(decoding)
+            if len(pending) > 1:  # a long job: say what language it is in, before its end
+                yield {"progress": 0.0, "language": prepared.language}
             while pending:
                 _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if pending:  # one update per batch that ends, not per chunk

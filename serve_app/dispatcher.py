@@ -32,7 +32,8 @@ WATCH_INTERVAL_S = 0.05
 MAX_DELIVERIES = 16
 
 
-ProgressFn = Callable[[float], Awaitable[None]]
+ProgressFn = Callable[[float, str | None], Awaitable[None]]
+"""Called with the share decoded and, once known, the audio's language."""
 
 
 class TranscriberClient(Protocol):
@@ -56,7 +57,7 @@ async def follow(
         if "progress" not in event:
             return event
         if on_progress is not None:
-            await on_progress(float(event["progress"]))
+            await on_progress(float(event["progress"]), event.get("language"))
     raise RuntimeError("the Transcriber ended its stream without a result")
 
 
@@ -422,9 +423,13 @@ class Dispatcher:
         log = logger.info if error is None else logger.warning
         log("webhook for job %s: %s (try %d)", job.id, error or "delivered", attempt)
 
-    async def _progress(self, job: Job, progress: float) -> None:
+    async def _progress(self, job: Job, progress: float, language: str | None) -> None:
         await asyncio.to_thread(
-            self.store.set_progress, job.id, attempt=job.attempts, progress=progress
+            self.store.set_progress,
+            job.id,
+            attempt=job.attempts,
+            progress=progress,
+            language=language,
         )
 
     async def _heartbeat(self, job: Job) -> None:

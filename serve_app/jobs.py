@@ -59,6 +59,8 @@ class Job(SQLModel, table=True):
     error_code: str | None = None
     progress: float | None = None
     """While processing: the share of the job's audio decoded (0 to 1)."""
+    language: str | None = None
+    """Detected (or asked for) once the audio is decoded; in the result too when done."""
     callback_url: str | None = None
     webhook_status: str | None = Field(default=None, index=True)
     """pending (due at webhook_next_at), delivered or failed; None without callback_url."""
@@ -395,13 +397,16 @@ class JobStore:
             s.add(job)
             return job
 
-    def set_progress(self, job_id: str, *, attempt: int, progress: float) -> bool:
-        """Record how far a job this caller holds has come (0 to 1)."""
+    def set_progress(
+        self, job_id: str, *, attempt: int, progress: float, language: str | None = None
+    ) -> bool:
+        """Record how far a job this caller holds has come (0 to 1), and its language."""
         with self._session(write=True) as s:
             job = self._held(s, job_id, attempt)
             if job is None:
                 return False
             job.progress = round(min(max(progress, 0.0), 1.0), 3)
+            job.language = language or job.language
             s.add(job)
             return True
 

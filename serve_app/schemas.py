@@ -84,7 +84,7 @@ class JobSummary(BaseModel):
             duration=job.duration,
             attempts=job.attempts,
             progress=job.progress,
-            language=result.get("language"),
+            language=result.get("language") or job.language,
             error=job.error,
             error_code=job.error_code,
         )

@@ -576,6 +576,8 @@ def test_a_running_job_shows_its_progress(tmp_path: Path) -> None:
             body = c.get(f"/transcribe/{job_id}", headers=AUTH).json()
             if body["status"] == "processing":
                 seen.add(body["progress"])
+                if body["progress"] > 0:
+                    assert body["language"] == "en"  # known before the job ends
             if body["status"] == "done":
                 break
             time.sleep(0.05)

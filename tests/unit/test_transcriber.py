@@ -96,6 +96,7 @@ def test_a_long_job_reports_its_progress_batch_by_batch() -> None:
 
     events = asyncio.run(run())
     progress = [e["progress"] for e in events if "progress" in e]
-    # 5 chunks in batches of 2: after 2 and 4 of them; then the result.
-    assert progress == [0.4, 0.8]
+    # 5 chunks in batches of 2: the language first, after 2 and 4 of them; then the result.
+    assert progress == [0.0, 0.4, 0.8]
+    assert events[0]["language"] == "en"
     assert events[-1]["result"]["text"].startswith("long part 0")
