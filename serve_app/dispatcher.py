@@ -11,14 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
-
 from serve_app import webhooks
 from serve_app.jobs import Job, JobStatus, JobStore
 from serve_app.metrics import JobMetrics
-from serve_app.schemas import JobPublic
 from serve_app.settings import Settings
-from serve_app.uploads import UploadError
 
 logger = logging.getLogger("ray.serve.whisper.dispatcher")
 
@@ -28,8 +24,6 @@ ORPHAN_AGE_S = 600
 # While requests wait for jobs, how often to look for commits by other
 # processes (another gateway replica may end the job).
 WATCH_INTERVAL_S = 0.05
-# Webhook deliveries one gateway makes at once.
-MAX_DELIVERIES = 16
 
 
 ProgressFn = Callable[[float, str | None], Awaitable[None]]
@@ -111,9 +105,8 @@ class Dispatcher:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._watch_task: asyncio.Task[None] | None = None
         self._look_again = False
-        self._deliveries: set[asyncio.Task[None]] = set()
-        self._http: httpx.AsyncClient | None = None
         self.metrics = JobMetrics()
+        self.webhooks = webhooks.Sender(store, settings, self.metrics)
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop())
@@ -123,12 +116,11 @@ class Dispatcher:
         for background in (self._loop_task, self._watch_task):
             if background is not None:
                 background.cancel()
-        tasks = [*self._running.values(), *self._deliveries]
+        tasks = list(self._running.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._http is not None:
-            await self._http.aclose()
+        await self.webhooks.stop()
 
     @contextlib.contextmanager
     def receiving(self) -> Iterator[None]:
@@ -241,7 +233,7 @@ class Dispatcher:
                     last_housekeeping = time.monotonic()
                     await self.housekeeping()
                 await self.sweep()
-                await self.deliver_due()
+                await self.webhooks.deliver_due()
                 counts = await asyncio.to_thread(self.store.count_by_status)
                 self.metrics.queue(counts[JobStatus.queued], counts[JobStatus.processing])
             except Exception:
@@ -350,78 +342,8 @@ class Dispatcher:
                 run_s=run_s,
             )
             if ended.callback_url:
-                self._track(self._claim_and_deliver(job.id))
+                self.webhooks.deliver_soon(job.id)
         self._wake({job.id})
-
-    # Webhooks (serve_app/webhooks.py): at least once, from any gateway.
-
-    async def deliver_due(self) -> None:
-        """Start the webhook deliveries that are due, as many as there is room for."""
-        if not self.settings.webhook_allowed_hosts:
-            return
-        while len(self._deliveries) < MAX_DELIVERIES:
-            job = await asyncio.to_thread(
-                self.store.claim_webhook, lease_s=self._delivery_lease_s()
-            )
-            if job is None:
-                return
-            self._track(self._deliver(job))
-
-    def _track(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._deliveries.add(task)
-        task.add_done_callback(self._deliveries.discard)
-
-    def _delivery_lease_s(self) -> float:
-        return self.settings.webhook_timeout_s + 10
-
-    async def _claim_and_deliver(self, job_id: str) -> None:
-        job = await asyncio.to_thread(
-            self.store.claim_webhook, lease_s=self._delivery_lease_s(), job_id=job_id
-        )
-        if job is not None:
-            await self._deliver(job)
-
-    async def _deliver(self, job: Job) -> None:
-        """One try; records delivered, due again after a backoff, or failed."""
-        attempt = job.webhook_attempts
-        settings = self.settings
-        final = attempt >= settings.webhook_max_attempts
-        secret = settings.webhook_secret
-        try:
-            # Checked again: the allow-list may have changed since the submit.
-            url = webhooks.check_callback_url(job.callback_url or "", settings)
-        except UploadError as exc:
-            error: str | None = exc.message
-            final = True
-        else:
-            assert secret is not None  # Settings require it with allowed hosts
-            if self._http is None:
-                self._http = httpx.AsyncClient(
-                    timeout=settings.webhook_timeout_s, follow_redirects=False
-                )
-            body = JobPublic.from_job(job).model_dump_json(
-                exclude_none=True, exclude={"webhook", "queue_position"}
-            )
-            error = await webhooks.post(
-                self._http,
-                url,
-                body.encode(),
-                job_id=job.id,
-                attempt=attempt,
-                secret=secret.get_secret_value(),
-            )
-        retry_at = None
-        if error is not None and not final:
-            retry_at = time.time() + webhooks.backoff_s(attempt, settings)
-        await asyncio.to_thread(
-            self.store.webhook_tried, job.id, attempt=attempt, error=error, retry_at=retry_at
-        )
-        outcome = "delivered" if error is None else ("retry" if retry_at else "failed")
-        self.metrics.webhook(outcome)
-        # The job id and what happened; never the URL (it may hold a token) or the body.
-        log = logger.info if error is None else logger.warning
-        log("webhook for job %s: %s (try %d)", job.id, error or "delivered", attempt)
 
     async def _progress(self, job: Job, progress: float, language: str | None) -> None:
         await asyncio.to_thread(

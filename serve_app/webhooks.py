@@ -17,14 +17,20 @@ Signature, as Stripe and Slack do it::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from serve_app.jobs import Job, JobStore
+from serve_app.metrics import JobMetrics
+from serve_app.schemas import JobPublic
 from serve_app.settings import Settings
 from serve_app.uploads import UploadError
 
@@ -32,6 +38,8 @@ logger = logging.getLogger("ray.serve.whisper.webhooks")
 
 SIGNATURE_HEADER = "X-Whisper-Signature"
 MAX_URL_LENGTH = 2048
+# Deliveries one gateway makes at once.
+MAX_DELIVERIES = 16
 
 
 def check_callback_url(url: str, settings: Settings) -> str:
@@ -124,3 +132,92 @@ async def post(
     if response.is_redirect:
         return f"HTTP {response.status_code} (redirects are not followed)"
     return f"HTTP {response.status_code}"
+
+
+class Sender:
+    """A gateway's webhook deliveries: at least once, from the job rows, any gateway."""
+
+    def __init__(self, store: JobStore, settings: Settings, metrics: JobMetrics) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._http: httpx.AsyncClient | None = None
+
+    def deliver_soon(self, job_id: str) -> None:
+        """A job with a callback_url just ended here: try its delivery now."""
+        self._track(self._claim_and_deliver(job_id))
+
+    async def deliver_due(self) -> None:
+        """Start the deliveries that are due (retries, those of dead gateways), room allowing."""
+        if not self.settings.webhook_allowed_hosts:
+            return
+        while len(self._tasks) < MAX_DELIVERIES:
+            job = await asyncio.to_thread(self.store.claim_webhook, lease_s=self._lease_s())
+            if job is None:
+                return
+            self._track(self._deliver(job))
+
+    async def stop(self) -> None:
+        """Cancel tries in flight (their claims run out; another gateway tries again)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _lease_s(self) -> float:
+        return self.settings.webhook_timeout_s + 10
+
+    async def _claim_and_deliver(self, job_id: str) -> None:
+        job = await asyncio.to_thread(
+            self.store.claim_webhook, lease_s=self._lease_s(), job_id=job_id
+        )
+        if job is not None:
+            await self._deliver(job)
+
+    async def _deliver(self, job: Job) -> None:
+        """One try; records delivered, due again after a backoff, or failed."""
+        attempt = job.webhook_attempts
+        settings = self.settings
+        final = attempt >= settings.webhook_max_attempts
+        secret = settings.webhook_secret
+        try:
+            # Checked again: the allow-list may have changed since the submit.
+            url = check_callback_url(job.callback_url or "", settings)
+        except UploadError as exc:
+            error: str | None = exc.message
+            final = True
+        else:
+            assert secret is not None  # Settings require it with allowed hosts
+            if self._http is None:
+                self._http = httpx.AsyncClient(
+                    timeout=settings.webhook_timeout_s, follow_redirects=False
+                )
+            body = JobPublic.from_job(job).model_dump_json(
+                exclude_none=True, exclude={"webhook", "queue_position"}
+            )
+            error = await post(
+                self._http,
+                url,
+                body.encode(),
+                job_id=job.id,
+                attempt=attempt,
+                secret=secret.get_secret_value(),
+            )
+        retry_at = None
+        if error is not None and not final:
+            retry_at = time.time() + backoff_s(attempt, settings)
+        await asyncio.to_thread(
+            self.store.webhook_tried, job.id, attempt=attempt, error=error, retry_at=retry_at
+        )
+        outcome = "delivered" if error is None else ("retry" if retry_at else "failed")
+        self.metrics.webhook(outcome)
+        # The job id and what happened; never the URL (it may hold a token) or the body.
+        log = logger.info if error is None else logger.warning
+        log("webhook for job %s: %s (try %d)", job.id, error or "delivered", attempt)

@@ -175,12 +175,19 @@ def test_a_failing_receiver_is_retried_with_backoff_then_marked_failed(tmp_path:
 
 def test_a_pending_delivery_survives_a_restart(tmp_path: Path) -> None:
     """The row holds the delivery: a gateway that starts later delivers it."""
-    settings = hooked(tmp_path, webhook_retry_base_s=0.5)
+    # The retry is due 2 s after the first try; a try cut off by the shutdown
+    # (a busy machine) is taken again when its claim runs out (timeout + 10 s).
+    settings = hooked(tmp_path, webhook_retry_base_s=2, webhook_timeout_s=1)
     with Receiver(statuses=(500, 200)) as receiver:
         with app_with_fast_sweep(settings) as c:
             job_id = submit_with_callback(c, receiver.url)
-            receiver.wait_for(1)
-        # The first gateway is gone before the retry was due.
+            body = wait_webhook(c, job_id, "pending")
+            deadline = time.monotonic() + 10
+            while body["webhook"].get("last_error") != "HTTP 500" and time.monotonic() < deadline:
+                body = c.get(f"/transcribe/{job_id}", headers=AUTH).json()
+            assert body["webhook"]["last_error"] == "HTTP 500", body
+        # The first gateway is gone, most likely before the retry was due.
         with app_with_fast_sweep(settings) as c:
-            body = wait_webhook(c, job_id, "delivered")
-            assert body["webhook"]["attempts"] == 2
+            body = wait_webhook(c, job_id, "delivered", timeout=30)
+            assert body["webhook"]["attempts"] >= 2
+    assert receiver.deliveries[-1].json["job_id"] == job_id
