@@ -8,6 +8,7 @@ any jobs) and ``assemble`` (put a job's results back on its own timeline).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import io
 import logging
@@ -20,7 +21,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.transcribe import get_compression_ratio
 
-from deployments.audio import AudioTooLong, decode, split_speech
+from deployments.audio import SAMPLE_RATE, AudioTooLong, decode, split_speech
 from deployments.interface import (
     AudioError,
     Chunk,
@@ -31,7 +32,14 @@ from deployments.interface import (
     Task,
     TranscribeOptions,
 )
-from deployments.packing import Packing, Window, plan_windows, split_words, timed_words
+from deployments.packing import (
+    REACH_SLACK_S,
+    Packing,
+    Window,
+    plan_windows,
+    split_words,
+    timed_words,
+)
 
 logger = logging.getLogger("ray.serve.whisper.engine")
 
@@ -39,6 +47,10 @@ logger = logging.getLogger("ray.serve.whisper.engine")
 MAX_COMPRESSION_RATIO = 2.4
 # Budget for packed windows: fast English speech with timestamps is about 5.
 TOKENS_PER_SECOND = 7
+# A chunk whose text ended early is decoded on from there, at most this many
+# more times, and only if the last pass got at least this far (progress).
+MAX_CONTINUATIONS = 4
+MIN_STEP_S = 1.0
 # faster-whisper's own defaults for attaching punctuation to words.
 _PUNCTUATION = {
     name: inspect.signature(WhisperModel.transcribe).parameters[name].default
@@ -146,7 +158,8 @@ class WhisperEngine:
         windows = plan_windows(chunks, self.packing)
         if len(windows) < len(chunks):
             logger.info("packed %d chunks into %d windows", len(chunks), len(windows))
-        cut_short = self._run_windows(windows, chunks, results)
+        reached: dict[int, float] = {}
+        cut_short = self._run_windows(windows, chunks, results, reached)
         if cut_short:
             # Whisper stopped before the end of a packed window (or looped):
             # the clips it did not reach go round once more, packed anew (they
@@ -155,16 +168,68 @@ class WhisperEngine:
             again = plan_windows([chunks[i] for i in cut_short], self.packing)
             for window in again:
                 window.members = [cut_short[m] for m in window.members]
-            cut_short = self._run_windows(again, chunks, results)
+            cut_short = self._run_windows(again, chunks, results, reached)
         if cut_short:
             logger.info("decoding %d packed chunks alone", len(cut_short))
-            self._run_windows([Window.of(i, chunks[i]) for i in cut_short], chunks, results)
+            alone = [Window.of(i, chunks[i]) for i in cut_short]
+            self._run_windows(alone, chunks, results, reached)
+        self._decode_rest(chunks, results, reached)
         return results
 
+    def _decode_rest(
+        self, chunks: Sequence[Chunk], results: list[ChunkResult], reached: dict[int, float]
+    ) -> None:
+        """Decode what Whisper left of chunks it ended early (decoded alone).
+
+        Whisper may close its text before the end of a 30 s window; a
+        sequential pass (faster-whisper's ``transcribe``) seeks to the last
+        timestamp and goes on from there. So does this, in batches, for every
+        chunk that stopped more than ``REACH_SLACK_S`` short of its end.
+        """
+        current = {i: chunks[i] for i in reached}
+        for _round in range(MAX_CONTINUATIONS):
+            owners: list[int] = []
+            rests: list[Chunk] = []
+            for i, seconds in reached.items():
+                chunk = current[i]
+                if results[i].error is not None or seconds < MIN_STEP_S:
+                    continue
+                if chunk.duration - seconds <= REACH_SLACK_S:
+                    continue
+                rest = dataclasses.replace(
+                    chunk,
+                    samples=chunk.samples[int(seconds * SAMPLE_RATE) :],
+                    offset=chunk.offset + seconds,
+                    duration=chunk.duration - seconds,
+                    packable=False,
+                )
+                owners.append(i)
+                rests.append(rest)
+                current[i] = rest
+            if not rests:
+                return
+            logger.info("decoding the rest of %d chunks Whisper ended early", len(rests))
+            parts = [ChunkResult() for _ in rests]
+            reached_now: dict[int, float] = {}
+            self._run_windows(
+                [Window.of(k, rest) for k, rest in enumerate(rests)], rests, parts, reached_now
+            )
+            for k, i in enumerate(owners):
+                if parts[k].error is None:
+                    results[i].segments += parts[k].segments
+            reached = {owners[k]: seconds for k, seconds in reached_now.items()}
+
     def _run_windows(
-        self, windows: list[Window], chunks: Sequence[Chunk], results: list[ChunkResult]
+        self,
+        windows: list[Window],
+        chunks: Sequence[Chunk],
+        results: list[ChunkResult],
+        reached: dict[int, float],
     ) -> list[int]:
-        """Decode windows into ``results``; return members a packed window did not reach."""
+        """Decode windows into ``results``; return members a packed window did not reach.
+
+        ``reached`` gets, for chunks decoded alone, the seconds Whisper's text covered.
+        """
         # Word alignment (packed windows, or asked for) takes one tokenizer per call.
         groups: dict[tuple[int, bool, bool, str, str], list[Window]] = {}
         unreached: list[int] = []
@@ -179,7 +244,7 @@ class WhisperEngine:
             groups.setdefault(key, []).append(window)
         for (beam, packed, aligned, _lang, _task), group in groups.items():
             try:
-                decoded = self._decode(group, chunks, beam, packed, aligned)
+                decoded = self._decode(group, chunks, beam, packed, aligned, reached)
             except Exception as exc:
                 logger.warning(
                     "batch of %d windows failed (%s); decoding them one by one",
@@ -189,7 +254,7 @@ class WhisperEngine:
                 decoded = {}
                 for window in group:
                     try:
-                        decoded |= self._decode([window], chunks, beam, packed, aligned)
+                        decoded |= self._decode([window], chunks, beam, packed, aligned, reached)
                     except Exception as alone:
                         for member in window.members:
                             results[member] = ChunkResult(
@@ -209,10 +274,12 @@ class WhisperEngine:
         beam_size: int,
         packed: bool,
         aligned: bool,
+        reached: dict[int, float],
     ) -> dict[int, list[Segment]]:
         """One encode and one generate over ``windows``; segments per member chunk.
 
-        ``aligned``: add word timestamps (always for packed windows).
+        ``aligned``: add word timestamps (always for packed windows). ``reached``:
+        where each unpacked window's text ended (seconds from its start).
         """
         model = self.model
         first = [chunks[w.members[0]] for w in windows]
@@ -231,7 +298,7 @@ class WhisperEngine:
         for window, chunk, result in zip(windows, first, results, strict=True):
             tokenizer = self._tokenizer(chunk.language, chunk.task)
             offset = 0.0 if packed else chunk.offset
-            pieces, _seek, _single = model._split_segments_by_timestamps(
+            pieces, seek, _single = model._split_segments_by_timestamps(
                 tokenizer=tokenizer,
                 tokens=result.sequences_ids[0],
                 time_offset=offset,
@@ -248,6 +315,8 @@ class WhisperEngine:
                 # Word times count from here, as the segment times do.
                 piece["seek"] = round(offset * model.frames_per_second)
             per_window.append(pieces)
+            if not packed:
+                reached[window.members[0]] = seek / model.frames_per_second
         if not packed:
             if aligned:
                 self._add_words(windows, first, per_window, encoder_output)

@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import re
 import subprocess
+import time
 
 import httpx
 import jiwer
@@ -74,6 +75,25 @@ def test_49_second_file_comes_back_whole(client: httpx.Client) -> None:
     assert done["duration"] == pytest.approx(49.0, abs=0.1)
     assert words(done["text"]).count("fellow americans") >= 3
     assert done["segments"][-1]["end"] > 44
+
+
+def test_a_long_job_shows_progress_and_language_while_it_runs(client: httpx.Client) -> None:
+    """Progress streams from the Whisper replica through Ray to the job (about 10 windows)."""
+    job_id = submit(client, long_jfk(300, 24))
+    seen: list[tuple[float, str | None]] = []
+    body: dict = {}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        body = client.get(f"/transcribe/{job_id}").json()
+        if body["status"] == "processing" and "progress" in body:
+            seen.append((body["progress"], body.get("language")))
+        if body["status"] in ("done", "error"):
+            break
+        time.sleep(0.2)
+    assert body["status"] == "done" and body["progress"] == 1.0
+    assert any(0 < p < 1 for p, _ in seen), seen
+    assert all(lang == "en" for p, lang in seen if p > 0), seen
+    assert jiwer.wer(" ".join([JFK_TEXT] * 24), words(body["text"])) < 0.05
 
 
 def test_concurrent_jobs_are_batched_together(server: Server, client: httpx.Client) -> None:
