@@ -63,7 +63,7 @@ class BatchConfig(BaseModel):
 
 
 class Transcriber:
-    """Takes audio bytes and options, returns a transcript or an input error.
+    """Takes audio bytes and options; streams progress, then a transcript or an input error.
 
     Each job is decoded and cut into <= 30 s chunks here; every chunk goes
     through one ChunkBatcher, so chunks of all concurrent jobs share batches.
