@@ -49,7 +49,7 @@ def submit_with_callback(c: TestClient, url: str) -> str:
     return str(r.json()["job_id"])
 
 
-def wait_webhook(c: TestClient, job_id: str, status: str, timeout: float = 10) -> dict:
+def wait_webhook(c: TestClient, job_id: str, status: str, timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
     body: dict = {}
     while time.monotonic() < deadline:
