@@ -86,11 +86,18 @@ def test_two_stores_on_one_file_never_claim_the_same_job(tmp_path: Path) -> None
     claimed: list[list[str]] = [[], []]
     errors: list[BaseException] = []
 
+    start = threading.Barrier(2)
+
     def worker(n: int) -> None:
+        start.wait()
         try:
             while (job := stores[n].claim(lease_s=60)) is not None:
                 claimed[n].append(job.id)
                 stores[n].finish(job.id, attempt=job.attempts, result={})
+                # A gateway does work between claims; without it, SQLite's
+                # busy handler (it sleeps, then retries) can let one thread win
+                # every race, which says nothing about exactly-once.
+                time.sleep(0.002)
         except BaseException as exc:  # "database is locked" would land here
             errors.append(exc)
 
