@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from deployments.interface import Chunk, ChunkResult
 from deployments.packing import Packing, Window, plan_windows
-
-logger = logging.getLogger("ray.serve.whisper.batcher")
 
 # A packed window filled less than this is held back while more chunks are coming.
 MIN_FILL = 0.5
