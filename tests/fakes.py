@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -109,3 +110,20 @@ class LocalClient:
 async def final(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
     """A Transcriber's last event (its result or error), progress skipped."""
     return await follow(events, None)
+
+
+def long_job_client(chunks: int, seconds_per_batch: float) -> LocalClient:
+    """Every job becomes ``chunks`` chunks, decoded one per batch, each batch that slow."""
+
+    class Slow(FakeEngine):
+        def run_batch(self, batch: Sequence[Chunk]) -> list[ChunkResult]:
+            time.sleep(seconds_per_batch)
+            return super().run_batch(batch)
+
+    class LongJobs(LocalClient):
+        async def transcribe(self, audio: bytes, *args: Any, **kw: Any) -> dict[str, Any]:
+            return await super().transcribe(f"FAKE long {chunks}".encode(), *args, **kw)
+
+    transcriber = Transcriber(EngineConfig(), engine_factory=Slow)
+    transcriber.reconfigure({"max_batch_size": 1})
+    return LongJobs(transcriber)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from serve_app.main import create_app
 from serve_app.settings import Settings
-from tests.fakes import LocalClient
+from tests.fakes import LocalClient, long_job_client
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -553,22 +553,8 @@ def test_a_long_poll_hears_of_a_job_another_gateway_ends(tmp_path: Path) -> None
 
 def test_a_running_job_shows_its_progress(tmp_path: Path) -> None:
     """Progress streams from the Transcriber to the job record while it decodes."""
-    from deployments.interface import EngineConfig
-    from deployments.transcriber import Transcriber
-    from tests.fakes import FakeEngine
-
-    class SlowEngine(FakeEngine):
-        def run_batch(self, chunks):  # type: ignore[no-untyped-def]
-            time.sleep(0.3)
-            return super().run_batch(chunks)
-
-    class FourChunks(LocalClient):
-        async def transcribe(self, audio: bytes, *args: Any, **kw: Any) -> dict:
-            return await super().transcribe(b"FAKE long 4", *args, **kw)
-
-    transcriber = Transcriber(EngineConfig(), engine_factory=SlowEngine)
-    transcriber.reconfigure({"max_batch_size": 1})
-    with TestClient(create_app(make_settings(tmp_path), FourChunks(transcriber))) as c:
+    client = long_job_client(chunks=4, seconds_per_batch=0.3)
+    with TestClient(create_app(make_settings(tmp_path), client)) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         seen: set[float] = set()
         deadline = time.monotonic() + 10

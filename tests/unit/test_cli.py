@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from serve_app.cli import main
 from serve_app.main import create_app
-from tests.fakes import LocalClient
+from tests.fakes import LocalClient, long_job_client
 from tests.unit.test_api import JFK, KEY, make_settings
 
 
@@ -57,24 +57,8 @@ def test_errors_are_one_line_and_exit_2(
 def test_a_long_job_draws_a_progress_bar(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import time
-
-    from deployments.interface import EngineConfig
-    from deployments.transcriber import Transcriber
-    from tests.fakes import FakeEngine
-
-    class SlowEngine(FakeEngine):
-        def run_batch(self, chunks):  # type: ignore[no-untyped-def]
-            time.sleep(0.6)
-            return super().run_batch(chunks)
-
-    class FourChunks(LocalClient):
-        async def transcribe(self, audio: bytes, *args: object, **kw: object) -> dict:
-            return await super().transcribe(b"FAKE long 4", *args, **kw)  # type: ignore[arg-type]
-
-    transcriber = Transcriber(EngineConfig(), engine_factory=SlowEngine)
-    transcriber.reconfigure({"max_batch_size": 1})
-    with TestClient(create_app(make_settings(tmp_path), FourChunks(transcriber))) as client:
+    slow = long_job_client(chunks=4, seconds_per_batch=0.6)
+    with TestClient(create_app(make_settings(tmp_path), slow)) as client:
         client.headers["Authorization"] = f"Bearer {KEY}"
         assert main(["transcribe", str(JFK), "--progress"], client=client) == 0
     err = capsys.readouterr().err
