@@ -28,8 +28,10 @@ from deployments.packing import Packing
 
 logger = logging.getLogger("ray.serve.whisper.transcriber")
 
-# How long a caller's "more jobs are coming" hint keeps batches waiting.
-BUSY_HINT_S = 1.0
+# How long a caller's "more jobs are coming" hint keeps batches waiting. A
+# burst renews it with every job; after the burst it must lapse quickly, or
+# the next batch waits for jobs that are not coming (and holds some back).
+BUSY_HINT_S = 0.3
 # Whisper's window: what every input is padded to.
 WINDOW_S = 30.0
 

@@ -101,6 +101,8 @@ class Dispatcher:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._receiving = 0
+        # Jobs claimed here and not yet handed to the Transcriber.
+        self._starting: set[str] = set()
         # Requests waiting for a job to end (long polls), by job id.
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._watch_task: asyncio.Task[None] | None = None
@@ -246,10 +248,12 @@ class Dispatcher:
         # the newer task takes the slot and must not be dropped.
         task = asyncio.create_task(coro)
         self._running[job_id] = task
+        self._starting.add(job_id)
 
         def _done(t: asyncio.Task[None]) -> None:
             if self._running.get(job_id) is t:
                 del self._running[job_id]
+                self._starting.discard(job_id)
 
         task.add_done_callback(_done)
 
@@ -269,13 +273,17 @@ class Dispatcher:
             except OSError:
                 await self._finish(job, error="the uploaded audio is gone", code="audio_missing")
                 return
+            # More jobs are on their way to the Transcriber: uploads in progress
+            # here, or other jobs claimed here and not yet sent (not jobs it has).
+            self._starting.discard(job.id)
+            more_coming = self._receiving > 0 or bool(self._starting)
             try:
                 reply = await asyncio.wait_for(
                     self.client.transcribe(
                         audio,
                         job.options,
                         job.owner,
-                        self._receiving > 0 or len(self._running) > 1,
+                        more_coming,
                         on_progress=functools.partial(self._progress, job),
                     ),
                     timeout=self.settings.attempt_timeout(job.duration),
