@@ -58,6 +58,20 @@ _PUNCTUATION = {
 }
 
 
+def before_loop(pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A window's segments up to the first that repeats itself (a decoding loop).
+
+    faster-whisper's test: text whose gzip compression ratio is over 2.4.
+    If only the whole text fails it (a loop of short segments), nothing is kept.
+    """
+    for i, piece in enumerate(pieces):
+        if get_compression_ratio(piece["text"]) > MAX_COMPRESSION_RATIO:
+            return pieces[:i]
+    if get_compression_ratio("".join(p["text"] for p in pieces)) > MAX_COMPRESSION_RATIO:
+        return []
+    return pieces
+
+
 class WhisperEngine:
     """faster-whisper (CTranslate2) with batches that may mix jobs.
 
@@ -334,21 +348,17 @@ class WhisperEngine:
                 ]
                 for w, pieces in zip(windows, per_window, strict=True)
             }
-        # A packed window that decoded into a repetition loop (faster-whisper's
-        # compression-ratio test) is dropped: its clips are decoded alone.
-        looping = {
-            i
-            for i, pieces in enumerate(per_window)
-            if get_compression_ratio("".join(p["text"] for p in pieces)) > MAX_COMPRESSION_RATIO
-        }
-        if looping:
-            logger.info("%d packed windows looped; their chunks go alone", len(looping))
-            per_window = [[] if i in looping else p for i, p in enumerate(per_window)]
-        self._add_words(windows, first, per_window, encoder_output)
+        # A packed window that decoded into a repetition loop keeps what came
+        # before the loop; split_words leaves out the clips it no longer
+        # reaches, and they are decoded again.
+        kept = [before_loop(pieces) for pieces in per_window]
+        looped = sum(len(k) < len(p) for k, p in zip(kept, per_window, strict=True))
+        if looped:
+            logger.info("%d packed windows looped; their clips from the loop on go again", looped)
+        self._add_words(windows, first, kept, encoder_output)
         out: dict[int, list[Segment]] = {}
-        for i, (window, pieces) in enumerate(zip(windows, per_window, strict=True)):
-            if i not in looping:
-                out |= split_words(window, chunks, pieces)
+        for window, pieces in zip(windows, kept, strict=True):
+            out |= split_words(window, chunks, pieces)
         return out
 
     def _max_length(self, windows: list[Window], first: list[Chunk]) -> int:

@@ -11,7 +11,7 @@ import jiwer
 import numpy as np
 import pytest
 
-from deployments.engine import WhisperEngine
+from deployments.engine import WhisperEngine, before_loop
 from deployments.interface import AudioError, Chunk, EngineConfig, TranscribeOptions, assemble
 from deployments.models import ModelNotAvailable, resolve_model
 from deployments.packing import Packing, plan_windows
@@ -159,6 +159,16 @@ def test_a_packed_clip_whisper_stops_short_of_is_decoded_again(engine: WhisperEn
     for result in engine.run_batch([jfk, jfk]):
         text = words(" ".join(s.text for s in result.segments))
         assert jiwer.wer(JFK_TEXT, text) < 0.1, text
+
+
+def test_a_packed_window_that_loops_keeps_the_clips_before_the_loop() -> None:
+    """Only the clips from the loop on are decoded again (split_words does not reach them)."""
+    clean = [{"text": " The birch canoe slid on the smooth planks."}, {"text": " Glue the sheet."}]
+    loop = {"text": " Nink," + " nip," * 40}
+    assert before_loop([*clean, loop, {"text": " Rice is often served."}]) == clean
+    assert before_loop(clean) == clean
+    # A loop of short segments, none failing the test alone: nothing is kept.
+    assert before_loop([{"text": " Nip, nip."}] * 30) == []
 
 
 def test_word_timestamps_on_one_window_and_on_several(engine: WhisperEngine) -> None:
