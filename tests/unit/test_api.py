@@ -409,6 +409,34 @@ class Recording(LocalClient):
         return await super().transcribe(audio, options, owner, more_coming, **kw)
 
 
+def test_jobs_already_sent_are_not_more_jobs_coming(tmp_path: Path) -> None:
+    """The burst hint is for jobs on their way to the Transcriber, not jobs it already has.
+
+    (A hint after a burst makes the next batch wait for, and hold a window
+    back for, jobs that are not coming.)
+    """
+
+    class Hinted(Hanging):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hints: list[bool] = []
+
+        async def transcribe(
+            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
+        ) -> dict:
+            self.hints.append(more_coming)
+            return await super().transcribe(audio, options, owner, more_coming, **kw)
+
+    hinted = Hinted()
+    with TestClient(create_app(make_settings(tmp_path), hinted)) as c:
+        for sent in (1, 2):
+            submit(c, JFK.read_bytes())
+            deadline = time.monotonic() + 5
+            while hinted.calls < sent and time.monotonic() < deadline:
+                time.sleep(0.01)
+    assert hinted.hints == [False, False]
+
+
 def test_job_options_travel_to_the_engine(tmp_path: Path) -> None:
     recording = Recording()
     with TestClient(create_app(make_settings(tmp_path), recording)) as c:
