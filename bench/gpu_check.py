@@ -76,7 +76,7 @@ def main() -> None:
     try:
         plain = run_plain(clips, 4, device="cuda", compute_type="float16")
         engine = run_engine(clips, 4, packing=True, batch=32, device="cuda")
-        unpacked = run_engine(clips, 4, packing=False, batch=32, device="cuda")
+        unpacked = run_engine(clips, 4, packing=False, batch=32, device="cuda", orders=1)
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         result.setdefault("verdict", f"faster-whisper failed on CUDA: {result['error']}")

@@ -4,7 +4,8 @@
 
 On the same 32 short clips, with the same bundled tiny.en (int8) and threads:
   (a) plain faster-whisper, sequential ``WhisperModel.transcribe`` with its defaults;
-  (b) this project's engine in-process, no Ray (batching and packing);
+  (b) this project's engine in-process, no Ray (batching and packing), on the clips in
+      their own order and two shuffled ones (packing follows the order);
   (c) the whole server (`serve run`, HTTP, SQLite) under 1, 8 and 32 concurrent clients,
       and 32 clients each with its own API key (no packing across owners).
 Then an idle single-clip latency check, and sustained load to watch autoscaling.
@@ -18,6 +19,7 @@ import concurrent.futures
 import json
 import os
 import platform
+import random
 import statistics
 import tempfile
 import threading
@@ -42,6 +44,8 @@ C32_ROUNDS = 3
 # The poll-latency probe's pace: a client checking 4 times a second (it loads the
 # server it measures, so not faster).
 POLL_EVERY_S = 0.25
+# The engine baseline runs the clips in their own order and in shuffled ones.
+ENGINE_ORDERS = 3
 
 
 def wer_of(clips: list[Clip], texts: list[str]) -> dict[str, float]:
@@ -84,23 +88,46 @@ def run_plain(
 
 
 def run_engine(
-    clips: list[Clip], threads: int, *, packing: bool, batch: int, device: str = "cpu"
+    clips: list[Clip],
+    threads: int,
+    *,
+    packing: bool,
+    batch: int,
+    device: str = "cpu",
+    orders: int = ENGINE_ORDERS,
 ) -> dict[str, Any]:
+    """The engine in-process on the clips in their own order, then in shuffled orders.
+
+    Which clips share a window depends on their order (the server packs them as
+    they arrive), and so does whether a window loops and is decoded again: the
+    wall time is the mean over the orders.
+    """
     engine = WhisperEngine(EngineConfig(cpu_threads=threads, device=device))  # type: ignore[arg-type]
     engine.set_packing(Packing(enabled=packing))
     audio = [c.path.read_bytes() for c in clips]
     engine.run_batch(engine.prepare(audio[0], TranscribeOptions()).chunks)  # warm up
-    begin = time.perf_counter()
-    prepared = [engine.prepare(a, TranscribeOptions()) for a in audio]
-    chunks = [c for p in prepared for c in p.chunks]
-    results = []
-    for i in range(0, len(chunks), batch):
-        results += engine.run_batch(chunks[i : i + batch])
-    texts, at = [], 0
-    for p in prepared:
-        texts.append(assemble(p, results[at : at + len(p.chunks)]).text)
-        at += len(p.chunks)
-    return {"wall_s": round(time.perf_counter() - begin, 3), "wer": wer_of(clips, texts)}
+    walls, wers = [], []
+    for seed in range(orders):
+        order = list(range(len(clips)))
+        if seed:
+            random.Random(seed).shuffle(order)
+        begin = time.perf_counter()
+        prepared = {i: engine.prepare(audio[i], TranscribeOptions()) for i in order}
+        chunks = [c for i in order for c in prepared[i].chunks]
+        results = []
+        for at in range(0, len(chunks), batch):
+            results += engine.run_batch(chunks[at : at + batch])
+        texts, at = [""] * len(clips), 0
+        for i in order:
+            texts[i] = assemble(prepared[i], results[at : at + len(prepared[i].chunks)]).text
+            at += len(prepared[i].chunks)
+        walls.append(time.perf_counter() - begin)
+        wers.append(wer_of(clips, texts))
+    return {
+        "wall_s": round(statistics.mean(walls), 3),
+        "wall_s_orders": [round(w, 3) for w in walls],
+        "wer": {k: round(statistics.mean(w[k] for w in wers), 4) for k in wers[0]},
+    }
 
 
 class Poller(threading.Thread):
@@ -290,7 +317,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.axhline(audio / result["plain"]["wall_s"], ls="--", c="gray",
                label="plain faster-whisper, sequential (mean of 2 runs)")  # fmt: skip
     ax.axhline(audio / result["engine"]["wall_s"], ls=":", c="green",
-               label="this engine in-process (mean of 2 runs)")  # fmt: skip
+               label="this engine in-process (mean of 2 runs x 3 orders)")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xticks([1, 8, 32], ["1", "8", "32"])
     ax.set_xlabel("concurrent clients")
@@ -326,7 +353,7 @@ def main() -> None:
     # speed drifts); the ratios use the mean of the two.
     plain = [run_plain(clips, args.threads)]
     engine = [run_engine(clips, args.threads, packing=True, batch=32)]
-    result["engine_no_packing"] = run_engine(clips, args.threads, packing=False, batch=32)
+    result["engine_no_packing"] = run_engine(clips, args.threads, packing=False, batch=32, orders=1)
     print("plain:", plain[0]["wall_s"], "s; engine:", engine[0]["wall_s"], "s; unpacked",
           result["engine_no_packing"]["wall_s"])  # fmt: skip
     if not args.no_server:
@@ -348,6 +375,8 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out = dict(runs[0])
     out["wall_s_runs"] = [r["wall_s"] for r in runs]
     out["wall_s"] = round(statistics.mean(out["wall_s_runs"]), 3)
+    if "wall_s_orders" in out:
+        out["wall_s_orders"] = [t for r in runs for t in r["wall_s_orders"]]
     if "single_clip_s" in out:
         out["single_clip_s"] = [t for r in runs for t in r["single_clip_s"]]
     return out
