@@ -29,6 +29,9 @@ from deployments.packing import Packing, Window, plan_windows
 
 # A packed window filled less than this is held back while more chunks are coming.
 MIN_FILL = 0.5
+# How often a filling batch asks again whether more chunks are coming: a
+# caller's hint lapses with no event to wake the batch.
+RECHECK_S = 0.05
 
 
 @dataclass
@@ -126,7 +129,7 @@ class ChunkBatcher:
                 return
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
+                await asyncio.wait_for(self._arrived.wait(), min(left, RECHECK_S))
 
     def _plan(self) -> tuple[list[_Pending], list[Window]]:
         """The chunks still wanted, and the windows they make, in arrival order."""

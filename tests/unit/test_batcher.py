@@ -62,6 +62,26 @@ def test_chunks_that_arrive_during_a_decode_go_together_into_the_next_batch() ->
     assert [len(batch) for batch in engine.batches] == [1, 6]
 
 
+def test_a_batch_starts_soon_after_the_hint_that_more_are_coming_lapses() -> None:
+    """The busy wait is a cap: once nothing is coming, the batch does not sit out the rest."""
+    engine = Engine(seconds=0.01)
+    coming = [True]
+
+    async def run() -> float:
+        b = batcher(engine, coming, wait_s=0.0, busy_wait_s=5.0)
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        futures = b.enqueue([clip(3)])
+        await asyncio.sleep(0.2)
+        assert engine.batches == []  # waiting while more are coming
+        coming[0] = False  # the hint lapses: no chunk arrives to say so
+        await asyncio.gather(*futures)
+        return loop.time() - begin
+
+    took = asyncio.run(asyncio.wait_for(run(), 10))
+    assert engine.batches == [[3]] and took < 1.0
+
+
 def test_a_nearly_empty_packed_window_waits_for_the_chunks_still_coming() -> None:
     engine = Engine()
     coming = [True]
