@@ -101,7 +101,8 @@ class Dispatcher:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._receiving = 0
-        # Jobs claimed here and not yet handed to the Transcriber.
+        # Jobs started here (just accepted, or claimed by the sweep) and not yet
+        # handed to the Transcriber.
         self._starting: set[str] = set()
         # Requests waiting for a job to end (long polls), by job id.
         self._waiters: dict[str, set[asyncio.Event]] = {}
@@ -274,7 +275,7 @@ class Dispatcher:
                 await self._finish(job, error="the uploaded audio is gone", code="audio_missing")
                 return
             # More jobs are on their way to the Transcriber: uploads in progress
-            # here, or other jobs claimed here and not yet sent (not jobs it has).
+            # here, or other jobs started here and not yet sent (not jobs it has).
             self._starting.discard(job.id)
             more_coming = self._receiving > 0 or bool(self._starting)
             try:
