@@ -67,7 +67,8 @@ class ChunkBatcher:
     """Queues chunks; one loop decodes them in batches with ``run``.
 
     ``coming()``: more chunks are on their way (jobs being prepared here,
-    uploads in progress at a gateway).
+    uploads in progress at a gateway). ``workers``: batches that may decode at
+    once (the engine's workers); a batch forms when one of them is free.
     """
 
     def __init__(
@@ -76,14 +77,17 @@ class ChunkBatcher:
         *,
         coming: Callable[[], bool],
         on_batch: Callable[[BatchStats], None] | None = None,
+        workers: int = 1,
     ) -> None:
         self._run = run
         self._coming = coming
         self._on_batch = on_batch
+        self.workers = workers
         self.limits = BatchLimits()
         self._queue: list[_Pending] = []
         self._arrived = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._decoding: set[asyncio.Task[None]] = set()
 
     def enqueue(self, chunks: list[Chunk]) -> list[asyncio.Future[ChunkResult]]:
         """Queue a job's chunks (all at once, so one batch sees them together)."""
@@ -101,23 +105,32 @@ class ChunkBatcher:
 
     async def _loop(self) -> None:
         while True:
-            while not self._queue:
+            while not self._queue or len(self._decoding) >= self.workers:
                 self._arrived.clear()
                 await self._arrived.wait()
             await self._fill()
             batch = self._take()
             if not batch:
                 continue
-            try:
-                results = await self._run([p.chunk for p in batch])
-            except Exception as exc:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            for p, result in zip(batch, results, strict=True):
+            task = asyncio.create_task(self._decode(batch))
+            self._decoding.add(task)
+            task.add_done_callback(self._decoded)
+
+    def _decoded(self, task: asyncio.Task[None]) -> None:
+        self._decoding.discard(task)
+        self._arrived.set()  # a worker is free: the loop looks again
+
+    async def _decode(self, batch: list[_Pending]) -> None:
+        try:
+            results = await self._run([p.chunk for p in batch])
+        except Exception as exc:
+            for p in batch:
                 if not p.future.done():
-                    p.future.set_result(result)
+                    p.future.set_exception(exc)
+            return
+        for p, result in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(result)
 
     async def _fill(self) -> None:
         """Wait until the queue fills a batch, or the wait (from its oldest chunk) has passed."""

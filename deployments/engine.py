@@ -95,16 +95,25 @@ class WhisperEngine:
         # Ray sets OMP_NUM_THREADS=1 in workers, and CTranslate2 reads it when
         # cpu_threads is 0: pass the count ourselves or decoding uses one core.
         threads = config.cpu_threads or os.cpu_count() or 1
+        # On a CPU one batch keeps about 1.6 of 2 cores busy; two batches at
+        # once (one model copy each) decode 22 + 10 clips in 3.8 s, against
+        # 5.1 s one after the other and 4.1 s as one batch of 32.
+        self.workers = config.workers or (1 if config.device == "cuda" else 2)
         self.model = WhisperModel(
-            path, device=config.device, compute_type=compute_type, cpu_threads=threads
+            path,
+            device=config.device,
+            compute_type=compute_type,
+            cpu_threads=threads,
+            num_workers=self.workers,
         )
         self.multilingual = bool(self.model.model.is_multilingual)
         logger.info(
-            "loaded model %s on %s (%s, %d threads)",
+            "loaded model %s on %s (%s, %d threads, %d workers)",
             config.model,
             config.device,
             compute_type,
             threads,
+            self.workers,
         )
 
     def _tokenizer(self, language: str, task: Task):  # type: ignore[no-untyped-def]

@@ -96,6 +96,9 @@ class AudioError(ValueError):
 class Engine(Protocol):
     """What a deployment needs from an engine."""
 
+    workers: int
+    """How many ``run_batch`` calls may run at once (from different threads)."""
+
     def prepare(self, audio: bytes, options: TranscribeOptions) -> PreparedAudio:
         """Decode and cut one job's audio (blocking; runs in a thread)."""
         ...
@@ -117,6 +120,8 @@ class EngineConfig:
     device: Literal["cpu", "cuda"] = "cpu"
     compute_type: str = "auto"
     cpu_threads: int = 0
+    workers: int = 0
+    """Batches decoded at once (CTranslate2 workers, a model copy each); 0: 2 on CPU, 1 on CUDA."""
     cache_dir: str = "data/models"
     max_audio_seconds: float | None = None
     cpu_nice: int = 10

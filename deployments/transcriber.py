@@ -86,7 +86,10 @@ class Transcriber:
         self._preparing = 0
         self._busy_until = 0.0
         self._batcher = ChunkBatcher(
-            self._decode_chunks, coming=self._coming, on_batch=BatchMetrics().record
+            self._decode_chunks,
+            coming=self._coming,
+            on_batch=BatchMetrics().record,
+            workers=self.engine.workers,
         )
         self._batcher.limits = self.config.limits
 

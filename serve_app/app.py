@@ -72,6 +72,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         device=device,
         compute_type=settings.whisper_compute_type,
         cpu_threads=settings.whisper_cpu_threads,
+        workers=settings.whisper_workers,
         cache_dir=str(settings.model_cache_dir),
         max_audio_seconds=settings.max_audio_seconds,
     )

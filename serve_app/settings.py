@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     whisper_cpu_threads: int = Field(default=0, ge=0)
     """Threads per Whisper replica on CPU; 0 uses every core."""
 
+    whisper_workers: int = Field(default=0, ge=0, le=8)
+    """Batches one Whisper replica decodes at once (model copies); 0: 2 on CPU, 1 on CUDA."""
+
     max_audio_seconds: float = Field(default=2 * 3600, gt=0)
     """Longest audio accepted, in seconds; longer files are refused at submit."""
 

@@ -31,6 +31,8 @@ class FakeEngine:
     fails the way a broken engine would.
     """
 
+    workers = 1
+
     def __init__(self, _config: EngineConfig | None = None) -> None:
         self.batches: list[int] = []
 

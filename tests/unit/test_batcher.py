@@ -62,6 +62,25 @@ def test_chunks_that_arrive_during_a_decode_go_together_into_the_next_batch() ->
     assert [len(batch) for batch in engine.batches] == [1, 6]
 
 
+def test_with_two_workers_a_second_batch_decodes_beside_the_first() -> None:
+    """On a CPU one batch leaves part of the cores idle: two decode at once."""
+    engine = Engine(seconds=0.4)
+
+    async def run() -> float:
+        b = ChunkBatcher(engine.run, coming=lambda: False, workers=2)
+        b.limits = BatchLimits(wait_s=0.0)
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        first = b.enqueue([clip(30)])
+        await asyncio.sleep(0.05)  # the first batch is decoding
+        second = b.enqueue([clip(30)])
+        await asyncio.gather(*first, *second)
+        return loop.time() - begin
+
+    took = asyncio.run(asyncio.wait_for(run(), 10))
+    assert engine.batches == [[30], [30]] and took < 0.75
+
+
 def test_a_batch_starts_soon_after_the_hint_that_more_are_coming_lapses() -> None:
     """The busy wait is a cap: once nothing is coming, the batch does not sit out the rest."""
     engine = Engine(seconds=0.01)
