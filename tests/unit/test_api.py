@@ -396,11 +396,10 @@ def test_long_poll_answers_when_the_job_ends(tmp_path: Path) -> None:
 
 
 class Recording(LocalClient):
-    """Remembers the options and the burst hint each job was sent with; ``hang``: never answers."""
+    """Remembers the options and the burst hint each job was sent with."""
 
-    def __init__(self, hang: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.hang = hang
         self.options: list[dict] = []
         self.hints: list[bool] = []
 
@@ -409,10 +408,11 @@ class Recording(LocalClient):
     ) -> dict:
         self.options.append(options)
         self.hints.append(more_coming)
-        if self.hang:
-            self.calls += 1
-            await asyncio.Event().wait()
         return await super().transcribe(audio, options, owner, more_coming, **kw)
+
+
+class RecordingHanging(Recording, Hanging):
+    """Records what each job was sent with, then never answers (the job stays at the engine)."""
 
 
 def test_jobs_already_sent_are_not_more_jobs_coming(tmp_path: Path) -> None:
@@ -421,7 +421,7 @@ def test_jobs_already_sent_are_not_more_jobs_coming(tmp_path: Path) -> None:
     (A hint after a burst makes the next batch wait for, and hold a window
     back for, jobs that are not coming.)
     """
-    hinted = Recording(hang=True)  # each job stays at the Transcriber
+    hinted = RecordingHanging()
     with TestClient(create_app(make_settings(tmp_path), hinted)) as c:
         for sent in (1, 2):
             submit(c, JFK.read_bytes())
