@@ -1,10 +1,11 @@
-"""Batches of chunks from any jobs, formed when the engine is free to take one.
+"""Batches of chunks from any jobs, formed when the engine (a worker of it) is free to take one.
 
 Ray Serve's ``@serve.batch`` forms the next batch while the current one still
 runs: chunks that arrive during a decode then wait for the batch after, and a
 burst of short jobs ends in a straggler batch whose window is nearly empty
 (on CPU a window costs about the same, full or not). Here, as in faster-whisper's
-``BatchedInferencePipeline``, the engine takes what is queued when it is free:
+``BatchedInferencePipeline``, the engine takes what is queued when it is free (on
+a CPU it has two workers, so a second batch may decode beside the first):
 
 1. let the batch fill: up to ``max_batch_size`` windows (chunks, after
    packing: what one encoder/decoder pass takes), until its oldest chunk
@@ -64,7 +65,7 @@ class BatchStats:
 
 
 class ChunkBatcher:
-    """Queues chunks; one loop decodes them in batches with ``run``.
+    """Queues chunks; one loop forms batches and hands each to ``run`` when a worker is free.
 
     ``coming()``: more chunks are on their way (jobs being prepared here,
     uploads in progress at a gateway). ``workers``: batches that may decode at
