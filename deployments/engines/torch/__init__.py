@@ -1,0 +1,1 @@
+"""The PyTorch engine: transformers' Whisper with SDPA attention, our own batched decoding."""
