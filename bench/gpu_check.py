@@ -85,7 +85,9 @@ def wer(reference: str, hypothesis: str) -> float:
 def transcribe(engine: Any, clips: list[np.ndarray], beam_size: int = 5) -> list[dict[str, Any]]:
     """Each clip as one window, all in one batch: text, segments and word times."""
     tokenizer = WhisperTokenizer(
-        load(engine.tokenizer_json), multilingual=engine.multilingual, language="en",
+        load(engine.tokenizer_json),
+        multilingual=engine.multilingual,
+        language="en",
         task="transcribe",
     )
     encoded = engine.encode(clips)
@@ -297,8 +299,10 @@ def run(out_dir: Path, device: str = "cuda", windows_n: int = WINDOWS) -> None:
         reference["ctranslate2_cpu_int8"][0]
     )
     for clip in result["clips"]:
-        print(f"{clip['file']}: {clip['text_gpu']!r} WER vs CT2 CPU "
-              f"{clip['wer_vs_ctranslate2_cpu']}", flush=True)
+        print(
+            f"{clip['file']}: {clip['text_gpu']!r} WER vs CT2 CPU {clip['wer_vs_ctranslate2_cpu']}",
+            flush=True,
+        )
 
     windows, speech = real_windows(clips, windows_n)
     tokenizer = WhisperTokenizer(
@@ -307,8 +311,7 @@ def run(out_dir: Path, device: str = "cuda", windows_n: int = WINDOWS) -> None:
 
     def tiny_batch(batch: list[np.ndarray]) -> None:
         encoded = engine.encode(batch)
-        engine.generate(encoded, [tokenizer.prompt(None)] * len(batch), beam_size=1,
-                        max_length=448)
+        engine.generate(encoded, [tokenizer.prompt(None)] * len(batch), beam_size=1, max_length=448)
 
     print(f"tiny.en {dtype}, {len(windows)} windows of real speech ({speech:.0f} s), greedy:")
     result["throughput_tiny_en"] = {
@@ -319,7 +322,6 @@ def run(out_dir: Path, device: str = "cuda", windows_n: int = WINDOWS) -> None:
         "batches": throughput(tiny_batch, windows, speech),
     }
     save(result, out_dir)
-    del engine
     if device == "cuda":
         torch.cuda.empty_cache()
 

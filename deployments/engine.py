@@ -1,6 +1,8 @@
-"""The faster-whisper engine: plain Python, no Ray.
+"""The Whisper pipeline: plain Python, no Ray, the same over every engine.
 
-A job goes through three steps so that a deployment can batch the middle one
+The engine (deployments/engines/: CTranslate2 or torch, chosen by
+``WHISPER_ENGINE``) encodes, decodes and aligns windows; everything else is
+here, once. A job goes through three steps so that a deployment can batch the middle one
 across jobs: ``prepare`` (decode, VAD, cut into <= 30 s chunks), ``run_batch``
 (pack short jobs into shared windows, one encoder/decoder pass over windows of
 any jobs) and ``assemble`` (put a job's results back on its own timeline).
@@ -9,19 +11,19 @@ any jobs) and ``assemble`` (put a job's results back on its own timeline).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import io
 import logging
-import os
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import numpy as np
-from faster_whisper import WhisperModel
-from faster_whisper.audio import pad_or_trim
-from faster_whisper.transcribe import get_compression_ratio
 
 from deployments.audio import SAMPLE_RATE, AudioTooLong, decode, split_speech
+from deployments.engines import registry, timing
+from deployments.engines.contract import MAX_LENGTH, WhisperBackend
+from deployments.engines.tokenizer import WhisperTokenizer
+from deployments.engines.tokenizer import load as load_vocabulary
 from deployments.interface import (
     AudioError,
     Chunk,
@@ -51,11 +53,6 @@ TOKENS_PER_SECOND = 7
 # more times, and only if the last pass got at least this far (progress).
 MAX_CONTINUATIONS = 4
 MIN_STEP_S = 1.0
-# faster-whisper's own defaults for attaching punctuation to words.
-_PUNCTUATION = {
-    name: inspect.signature(WhisperModel.transcribe).parameters[name].default
-    for name in ("prepend_punctuations", "append_punctuations")
-}
 
 
 def before_loop(pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -65,61 +62,36 @@ def before_loop(pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
     If only the whole text fails it (a loop of short segments), nothing is kept.
     """
     for i, piece in enumerate(pieces):
-        if get_compression_ratio(piece["text"]) > MAX_COMPRESSION_RATIO:
+        if timing.compression_ratio(piece["text"]) > MAX_COMPRESSION_RATIO:
             return pieces[:i]
-    if get_compression_ratio("".join(p["text"] for p in pieces)) > MAX_COMPRESSION_RATIO:
+    if timing.compression_ratio("".join(p["text"] for p in pieces)) > MAX_COMPRESSION_RATIO:
         return []
     return pieces
 
 
 class WhisperEngine:
-    """faster-whisper (CTranslate2) with batches that may mix jobs.
+    """Whisper with batches that may mix jobs, over any engine.
 
     faster-whisper's ``BatchedInferencePipeline`` batches the chunks of one file
-    under one prompt. CTranslate2's ``generate`` takes one prompt per item, so
-    here each window carries its own (language, task, initial prompt) and
-    windows of many jobs share one encoder pass and one decoder call. Short
-    jobs of one owner with the same options are packed into shared windows
-    (deployments/packing.py).
+    under one prompt. Here each window carries its own (language, task, initial
+    prompt), and windows of many jobs share one encoder pass and one decoder
+    call. Short jobs of one owner with the same options are packed into shared
+    windows (deployments/packing.py).
     """
 
-    def __init__(self, config: EngineConfig) -> None:
-        from deployments.models import resolve_model
-
+    def __init__(self, config: EngineConfig, backend: WhisperBackend | None = None) -> None:
         self.max_audio_seconds = config.max_audio_seconds
         self.packing = Packing()
-        path = resolve_model(config.model, cache_dir=config.cache_dir)
-        compute_type = config.compute_type
-        if compute_type == "auto":
-            compute_type = "float16" if config.device == "cuda" else "int8"
-        # Ray sets OMP_NUM_THREADS=1 in workers, and CTranslate2 reads it when
-        # cpu_threads is 0: pass the count ourselves or decoding uses one core.
-        threads = config.cpu_threads or os.cpu_count() or 1
-        # On a CPU one batch keeps about 1.6 of 2 cores busy; two batches at
-        # once (one model copy each) decode 22 + 10 clips in 3.8 s, against
-        # 5.1 s one after the other and 4.1 s as one batch of 32.
-        self.workers = config.workers or (1 if config.device == "cuda" else 2)
-        self.model = WhisperModel(
-            path,
-            device=config.device,
-            compute_type=compute_type,
-            cpu_threads=threads,
-            num_workers=self.workers,
-        )
-        self.multilingual = bool(self.model.model.is_multilingual)
-        logger.info(
-            "loaded model %s on %s (%s, %d threads, %d workers)",
-            config.model,
-            config.device,
-            compute_type,
-            threads,
-            self.workers,
-        )
+        self.backend = backend if backend is not None else registry.load(config)
+        self.workers = self.backend.workers
+        self.multilingual = self.backend.multilingual
+        self._vocabulary = load_vocabulary(self.backend.tokenizer_json)
 
-    def _tokenizer(self, language: str, task: Task):  # type: ignore[no-untyped-def]
-        from faster_whisper.tokenizer import Tokenizer
-
-        return Tokenizer(self.model.hf_tokenizer, self.multilingual, task=task, language=language)
+    @cache  # noqa: B019 - one tokenizer per (language, task), for the engine's life
+    def _tokenizer(self, language: str, task: Task) -> WhisperTokenizer:
+        return WhisperTokenizer(
+            self._vocabulary, multilingual=self.multilingual, language=language, task=task
+        )
 
     def set_packing(self, packing: Packing) -> None:
         self.packing = packing
@@ -135,11 +107,7 @@ class WhisperEngine:
         language = self._language(options.language, pieces)
         if not self.multilingual and options.task == "translate":
             raise AudioError("this model is English-only and cannot translate")
-        tokenizer = self._tokenizer(language, options.task)
-        previous = (
-            tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
-        )
-        prompt = self.model.get_prompt(tokenizer, previous_tokens=previous)
+        prompt = self._tokenizer(language, options.task).prompt(options.initial_prompt)
         chunks = [
             Chunk(
                 samples=piece,
@@ -164,16 +132,12 @@ class WhisperEngine:
                 )
             return "en"
         if requested is not None:
-            if requested not in self.model.supported_languages:
+            if requested not in self.backend.languages:
                 raise AudioError(f"unknown language code {requested!r}")
             return requested
         if not pieces:
             return "en"
-        language, _prob, _all = self.model.detect_language(features=self._features(pieces[0]))
-        return str(language)
-
-    def _features(self, samples: np.ndarray) -> np.ndarray:
-        return np.asarray(pad_or_trim(self.model.feature_extractor(samples)[..., :-1]))
+        return self.backend.detect_language(pieces[0])[0][0]
 
     def run_batch(self, chunks: Sequence[Chunk]) -> list[ChunkResult]:
         """Decode chunks of any jobs; a failure marks its own chunks only."""
@@ -304,30 +268,24 @@ class WhisperEngine:
         ``aligned``: add word timestamps (always for packed windows). ``reached``:
         where each unpacked window's text ended (seconds from its start).
         """
-        model = self.model
+        backend = self.backend
         first = [chunks[w.members[0]] for w in windows]
-        encoder_output = model.encode(np.stack([self._features(w.samples) for w in windows]))
-        results = model.model.generate(
-            encoder_output,
+        encoded = backend.encode([w.samples for w in windows])
+        generated = backend.generate(
+            encoded,
             [c.prompt for c in first],
             beam_size=beam_size,
-            max_length=self._max_length(windows, first) if packed else model.max_length,
-            suppress_blank=True,
-            suppress_tokens=[-1],
-            return_scores=True,
-            return_no_speech_prob=True,
+            max_length=self._max_length(windows, first) if packed else MAX_LENGTH,
         )
         per_window: list[list[dict[str, Any]]] = []
-        for window, chunk, result in zip(windows, first, results, strict=True):
+        for window, chunk, result in zip(windows, first, generated, strict=True):
             tokenizer = self._tokenizer(chunk.language, chunk.task)
             offset = 0.0 if packed else chunk.offset
-            pieces, seek, _single = model._split_segments_by_timestamps(
-                tokenizer=tokenizer,
-                tokens=result.sequences_ids[0],
+            pieces, seconds = timing.split_by_timestamps(
+                tokenizer,
+                result.tokens,
                 time_offset=offset,
-                segment_size=int(np.ceil(window.duration) * model.frames_per_second),
-                segment_duration=window.duration,
-                seek=0,
+                duration=float(np.ceil(window.duration)),
             )
             # Whisper may predict an end past its window: keep times inside it.
             last = offset + window.duration
@@ -336,13 +294,13 @@ class WhisperEngine:
                 piece["end"] = min(max(piece["end"], offset), last)
                 piece["text"] = tokenizer.decode(piece["tokens"])
                 # Word times count from here, as the segment times do.
-                piece["seek"] = round(offset * model.frames_per_second)
+                piece["seek"] = offset
             per_window.append(pieces)
             if not packed:
-                reached[window.members[0]] = seek / model.frames_per_second
+                reached[window.members[0]] = seconds
         if not packed:
             if aligned:
-                self._add_words(windows, first, per_window, encoder_output)
+                self._add_words(windows, first, per_window, encoded)
             return {
                 w.members[0]: [
                     Segment(
@@ -364,7 +322,7 @@ class WhisperEngine:
         looped = sum(len(k) < len(p) for k, p in zip(kept, per_window, strict=True))
         if looped:
             logger.info("%d packed windows looped; their clips from the loop on go again", looped)
-        self._add_words(windows, first, kept, encoder_output)
+        self._add_words(windows, first, kept, encoded)
         out: dict[int, list[Segment]] = {}
         for window, pieces in zip(windows, kept, strict=True):
             out |= split_words(window, chunks, pieces)
@@ -374,32 +332,33 @@ class WhisperEngine:
         """A token budget for packed windows: a decoding loop stops early, speech does not."""
         longest = max(w.duration for w in windows)
         prompt = max(len(c.prompt) for c in first)
-        return min(self.model.max_length, prompt + 16 + int(TOKENS_PER_SECOND * longest))
+        return min(MAX_LENGTH, prompt + 16 + int(TOKENS_PER_SECOND * longest))
 
     def _add_words(
         self,
         windows: list[Window],
         first: list[Chunk],
         per_window: list[list[dict[str, Any]]],
-        encoder_output: Any,
+        encoded: Any,
     ) -> None:
-        """Word timestamps for packed windows (cross-attention alignment)."""
-        model = self.model
+        """Word timestamps (cross-attention alignment) on the windows that have words."""
         spoken = [i for i, pieces in enumerate(per_window) if pieces]
         if not spoken:
             return
-        if len(spoken) < len(windows):
-            # Alignment needs one encoder output per window that has words.
-            encoder_output = model.encode(
-                np.stack([self._features(windows[i].samples) for i in spoken])
-            )
         tokenizer = self._tokenizer(first[spoken[0]].language, first[spoken[0]].task)
-        model.add_word_timestamps(
+        texts = [
+            [t for p in per_window[i] for t in p["tokens"] if t < tokenizer.eot] for i in spoken
+        ]
+        alignments = self.backend.align(
+            encoded,
+            spoken,
+            tokenizer.sot_sequence,
+            texts,
+            [timing.frames(windows[i].duration) for i in spoken],
+        )
+        timing.add_words(
             [per_window[i] for i in spoken],
             tokenizer,
-            encoder_output,
-            [int(np.ceil(windows[i].duration) * model.frames_per_second) for i in spoken],
-            _PUNCTUATION["prepend_punctuations"],
-            _PUNCTUATION["append_punctuations"],
-            0.0,
+            alignments,
+            [per_window[i][0]["seek"] for i in spoken],
         )

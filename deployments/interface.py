@@ -117,11 +117,15 @@ class EngineConfig:
     """How to load the model; resolved by the app builder, used on the replica."""
 
     model: str = "tiny.en"
+    engine: str = "auto"
+    """``WHISPER_ENGINE``: auto, ctranslate2 or torch (deployments/engines/registry.py)."""
     device: Literal["cpu", "cuda"] = "cpu"
     compute_type: str = "auto"
     cpu_threads: int = 0
     workers: int = 0
-    """Batches decoded at once (CTranslate2 workers, a model copy each); 0: 2 on CPU, 1 on CUDA."""
+    """Batches decoded at once (CTranslate2 workers, a model copy each); 0: 2 on CPU, 1 on CUDA.
+
+    The torch engine decodes one batch at a time (torch uses every core itself)."""
     cache_dir: str = "data/models"
     max_audio_seconds: float | None = None
     cpu_nice: int = 10

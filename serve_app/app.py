@@ -34,10 +34,10 @@ def _cluster_has_gpu() -> bool:
 
     if ray.is_initialized():
         return float(ray.cluster_resources().get("GPU", 0)) > 0
-    # `serve run module:app` builds before Ray starts: ask CTranslate2 about this machine.
-    import ctranslate2
-
-    return int(ctranslate2.get_cuda_device_count()) > 0
+    # `serve run module:app` builds before Ray starts: ask the NVIDIA driver about this
+    # machine (the builder imports no engine).
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
 
 
 def resolve_device(settings: Settings) -> Literal["cpu", "cuda"]:
@@ -69,6 +69,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         gpus = 1.0 if device == "cuda" else 0.0
     engine = EngineConfig(
         model=settings.whisper_model,
+        engine=settings.whisper_engine,
         device=device,
         compute_type=settings.whisper_compute_type,
         cpu_threads=settings.whisper_cpu_threads,
@@ -76,7 +77,13 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         cache_dir=str(settings.model_cache_dir),
         max_audio_seconds=settings.max_audio_seconds,
     )
-    logger.info("whisper model %s on %s, %g GPU per replica", engine.model, device, gpus)
+    logger.info(
+        "whisper model %s on %s (engine %s), %g GPU per replica",
+        engine.model,
+        device,
+        engine.engine,
+        gpus,
+    )
     transcriber = TranscriberDeployment.options(
         ray_actor_options={"num_cpus": app_args.num_cpus, "num_gpus": gpus}
     ).bind(engine)

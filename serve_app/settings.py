@@ -41,11 +41,15 @@ class Settings(BaseSettings):
     whisper_model: str = "tiny.en"
     """Bundled name (tiny.en, base), a local CTranslate2 folder, or a faster-whisper name."""
 
+    whisper_engine: Literal["auto", "ctranslate2", "torch"] = "auto"
+    """auto: CTranslate2 on CPU, and on CUDA where its wheel can use the GPU; torch where not."""
+
     whisper_device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: cuda when the Ray cluster has GPUs, else cpu."""
 
     whisper_compute_type: str = "auto"
-    """CTranslate2 compute type; auto: int8 on CPU, float16 on CUDA."""
+    """auto: CTranslate2 int8 on CPU, float16 on CUDA; torch float32 on CPU, float16 on CUDA
+    (float16, bfloat16 or float32 set the torch engine's dtype)."""
 
     whisper_cpu_threads: int = Field(default=0, ge=0)
     """Threads per Whisper replica on CPU; 0 uses every core."""

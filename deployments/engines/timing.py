@@ -24,8 +24,8 @@ from deployments.engines.tokenizer import WhisperTokenizer
 
 # faster-whisper's defaults for attaching punctuation to words.
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
-APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
-_SENTENCE_END = ".。!！?？"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001
+_SENTENCE_END = ".。!！?？"  # noqa: RUF001
 MEDIAN_FILTER_WIDTH = 7
 
 

@@ -47,7 +47,9 @@ def test_french_translated_to_english(engine: WhisperEngine) -> None:
     options = TranscribeOptions(language="fr", task="translate")
     prepared = engine.prepare(FRENCH.read_bytes(), options)
     heard = words(assemble(prepared, engine.run_batch(prepared.chunks)).text)
-    assert "team" in heard and "thank you" in heard, heard
+    # The words depend on the CPU's int8 kernels ("team" on one machine, "men" on
+    # another); that the text is English and not French does not.
+    assert "thank you" in heard and "merci" not in heard and "bonjour" not in heard, heard
     assert "bonjour" not in heard and "maintenant" not in heard
 
 

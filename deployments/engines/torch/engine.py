@@ -76,7 +76,7 @@ class TorchWhisper:
         self.device = torch.device(device)
         self.dtype = _dtype(dtype, self.device)
         self.model = (
-            model.to(device=self.device, dtype=self.dtype).eval()
+            model.to(device=self.device, dtype=self.dtype).eval()  # type: ignore[call-arg]
             if model is not None
             else _load_model(folder, self.device, self.dtype)
         )
@@ -99,7 +99,7 @@ class TorchWhisper:
             else ("en",)
         )
         self._special = {
-            name: int(vocabulary.token_to_id(token))
+            name: _token_id(vocabulary, token)
             for name, token in {
                 "sot": "<|startoftranscript|>",
                 "eot": "<|endoftext|>",
@@ -107,9 +107,9 @@ class TorchWhisper:
             }.items()
         }
         no_speech = vocabulary.token_to_id("<|nospeech|>")
-        if no_speech is None:
-            no_speech = vocabulary.token_to_id("<|nocaptions|>")
-        self.no_speech = int(no_speech)
+        self.no_speech = (
+            int(no_speech) if no_speech is not None else _token_id(vocabulary, "<|nocaptions|>")
+        )
         self.workers = 1
         filters = mel_filter_bank(
             num_frequency_bins=1 + N_FFT // 2,
@@ -209,9 +209,9 @@ class TorchWhisper:
         memory = hidden.repeat_interleave(beams, dim=0)
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         logits = self.decoder_step(prompt, memory, cache)
-        no_speech = (
-            torch.softmax(logits[::beams, sot_index].float(), dim=-1)[:, self.no_speech].tolist()
-        )
+        no_speech = torch.softmax(logits[::beams, sot_index].float(), dim=-1)[
+            :, self.no_speech
+        ].tolist()
         logits = logits[:, -1].float()
         start = len(prompts[0]) - 1
         steps = min(max_length // 2, max_length - start)
@@ -247,23 +247,23 @@ class TorchWhisper:
                 )
                 if all(done):
                     break
-                cache.reorder_cache(torch.tensor(rows, device=self.device))
+                cache.reorder_cache(torch.tensor(rows, device=self.device))  # type: ignore[arg-type]
             tokens = torch.tensor(next_tokens, device=self.device)[:, None]
             logits = self.decoder_step(tokens, memory, cache)[:, -1].float()
         results = []
         for i in range(n):
             if beams == 1:
-                tokens = sequences[i]
+                best_tokens = sequences[i]
                 total = float(scores[i, 0])
             else:
                 pool = finished[i] or [
                     (float(scores[i, b]), sequences[i * beams + b]) for b in range(beams)
                 ]
-                total, tokens = max(pool, key=lambda c: c[0] / max(1, len(c[1])))
+                total, best_tokens = max(pool, key=lambda c: c[0] / max(1, len(c[1])))
             results.append(
                 Generated(
-                    tokens=tokens,
-                    avg_logprob=total / max(1, len(tokens)),
+                    tokens=best_tokens,
+                    avg_logprob=total / max(1, len(best_tokens)),
                     no_speech_prob=float(no_speech[i]),
                 )
             )
@@ -370,7 +370,9 @@ class TorchWhisper:
                 frames,
                 offset,
             )
-            for b, (seq, text, frames) in enumerate(zip(inputs, text_tokens, num_frames, strict=True))
+            for b, (seq, text, frames) in enumerate(
+                zip(inputs, text_tokens, num_frames, strict=True)
+            )
         ]
 
     # -- language ----------------------------------------------------------------
@@ -382,7 +384,9 @@ class TorchWhisper:
         hidden = self.encode([samples]).hidden
         start = torch.tensor([[self._special["sot"]]], device=self.device)
         logits = self.model.proj_out(
-            self.model.model.decoder(input_ids=start, encoder_hidden_states=hidden).last_hidden_state
+            self.model.model.decoder(
+                input_ids=start, encoder_hidden_states=hidden
+            ).last_hidden_state
         )[0, -1].float()
         probs = torch.softmax(logits[self.lang_ids], dim=-1).tolist()
         ranked = sorted(zip(self.languages, probs, strict=True), key=lambda p: -p[1])
@@ -409,7 +413,9 @@ class _TimestampRules:
         first[self.begin + MAX_INITIAL_TIMESTAMP_INDEX + 1 :] = True
         self.first = first
 
-    def apply(self, logits: torch.Tensor, sequences: list[list[int]], *, first: bool) -> torch.Tensor:
+    def apply(
+        self, logits: torch.Tensor, sequences: list[list[int]], *, first: bool
+    ) -> torch.Tensor:
         if first:
             return logits.masked_fill(self.first, -torch.inf)
         begin = self.begin
@@ -426,7 +432,11 @@ class _TimestampRules:
         stamp = ids >= begin
         last_is_stamp = (last >= begin)[:, None]
         pair_done = last_is_stamp & (penultimate >= begin)[:, None]
-        mask = self.base[None, :] | (pair_done & stamp) | (last_is_stamp & ~pair_done & (ids < self.eot))
+        mask = (
+            self.base[None, :]
+            | (pair_done & stamp)
+            | (last_is_stamp & ~pair_done & (ids < self.eot))
+        )
         # Timestamps never go back.
         mask |= stamp & (ids < last_stamp[:, None])
         logits = logits.masked_fill(mask, -torch.inf)
@@ -435,6 +445,13 @@ class _TimestampRules:
         text = logprobs[:, :begin].max(dim=-1).values
         force = ~pair_done[:, 0] & (stamps > text)
         return logits.masked_fill(force[:, None] & ~stamp, -torch.inf)
+
+
+def _token_id(vocabulary: Any, token: str) -> int:
+    found = vocabulary.token_to_id(token)
+    if found is None:
+        raise ValueError(f"{token} is not in this model's tokenizer.json")
+    return int(found)
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
@@ -472,4 +489,4 @@ def _load_model(
             str(folder), dtype=torch.float32, attn_implementation="sdpa"
         )
     model.proj_out.weight = model.model.decoder.embed_tokens.weight
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]

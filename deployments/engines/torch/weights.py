@@ -92,9 +92,7 @@ def _norm(v: dict[str, np.ndarray], src: str, dst: str, out: dict[str, np.ndarra
     out[f"{dst}.bias"] = v[f"{src}/beta"].astype(np.float32)
 
 
-def _split(
-    v: dict[str, np.ndarray], src: str, dsts: list[str], out: dict[str, np.ndarray]
-) -> None:
+def _split(v: dict[str, np.ndarray], src: str, dsts: list[str], out: dict[str, np.ndarray]) -> None:
     """A fused projection (q|k|v or k|v) into separate ones; k has no bias in Whisper."""
     weights = np.split(_weight(v, src), len(dsts))
     biases = np.split(v[f"{src}/bias"].astype(np.float32), len(dsts))

@@ -1,0 +1,1 @@
+"""The CTranslate2 engine (faster-whisper's model loading and features)."""
