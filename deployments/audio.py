@@ -16,8 +16,7 @@ from faster_whisper.vad import (
     get_speech_timestamps,
 )
 
-SAMPLE_RATE = 16_000
-WINDOW_S = 30
+from deployments.engines.contract import SAMPLE_RATE, WINDOW_S
 
 
 class AudioTooLong(ValueError):

@@ -15,6 +15,7 @@ from ray.serve import metrics
 
 from deployments.batcher import BatchLimits, BatchStats, ChunkBatcher
 from deployments.engine import WhisperEngine
+from deployments.engines.contract import WINDOW_S
 from deployments.interface import (
     AudioError,
     Chunk,
@@ -32,8 +33,6 @@ logger = logging.getLogger("ray.serve.whisper.transcriber")
 # burst renews it with every job; after the burst it must lapse quickly, or
 # the next batch waits for jobs that are not coming (and holds some back).
 BUSY_HINT_S = 0.3
-# Whisper's window: what every input is padded to.
-WINDOW_S = 30.0
 
 
 class BatchConfig(BaseModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -27,8 +27,6 @@ ALIGN_FRAMES_PER_SECOND = 50
 """Encoder positions per second (the second convolution has stride 2)."""
 MAX_LENGTH = 448
 """Whisper's longest token sequence, prompt included."""
-
-EngineName = Literal["auto", "ctranslate2", "torch"]
 
 
 @dataclass
@@ -114,13 +112,3 @@ class WhisperBackend(Protocol):
     def detect_language(self, samples: np.ndarray) -> list[tuple[str, float]]:
         """Language codes and probabilities for the first window, most likely first."""
         ...
-
-
-def window_samples(samples: np.ndarray) -> np.ndarray:
-    """At most one window of samples, as float32."""
-    return np.asarray(samples[: WINDOW_S * SAMPLE_RATE], dtype=np.float32)
-
-
-def describe(value: Any) -> str:
-    """A short name for a dtype or device in a log line."""
-    return str(value).replace("torch.", "")

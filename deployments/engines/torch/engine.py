@@ -123,6 +123,7 @@ class TorchWhisper:
         self._filters = torch.from_numpy(np.asarray(filters, dtype=np.float32).T).to(self.device)
         self._window = torch.hann_window(N_FFT, device=self.device)
         self._align_lock = threading.Lock()
+        self._rules = _TimestampRules(self)
         self.loaded = Loaded(
             engine="torch",
             device=str(self.device),
@@ -215,7 +216,6 @@ class TorchWhisper:
         logits = logits[:, -1].float()
         start = len(prompts[0]) - 1
         steps = min(max_length // 2, max_length - start)
-        rules = _TimestampRules(self, rows=n * beams)
         # Beam search keeps `beams` rows per window; the first step has one distinct beam.
         scores = torch.zeros((n, beams), device=self.device)
         scores[:, 1:] = -torch.inf
@@ -223,7 +223,9 @@ class TorchWhisper:
         finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
         done = [False] * n
         for step in range(steps):
-            logprobs = torch.log_softmax(rules.apply(logits, sequences, first=step == 0), dim=-1)
+            logprobs = torch.log_softmax(
+                self._rules.apply(logits, sequences, first=step == 0), dim=-1
+            )
             if beams == 1:
                 best = logprobs.argmax(dim=-1)
                 picked = logprobs.gather(1, best[:, None])[:, 0]
@@ -354,13 +356,18 @@ class TorchWhisper:
         probs = torch.softmax(logits[..., :eot], dim=-1)
         next_ids = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1).clamp(max=eot - 1)
         token_probs = probs.gather(-1, next_ids[..., None])[..., 0].cpu().numpy()
+        projected = {
+            layer: (
+                decoder.layers[layer].encoder_attn.q_proj(captured[layer]).float(),
+                decoder.layers[layer].encoder_attn.k_proj(memory).float(),
+            )
+            for layer in layers
+        }
         heads = []
         for layer, head in self.alignment_heads:
-            attention = decoder.layers[layer].encoder_attn
-            d = attention.head_dim
-            q = attention.q_proj(captured[layer])[..., head * d : (head + 1) * d]
-            k = attention.k_proj(memory)[..., head * d : (head + 1) * d]
-            heads.append((q.float() @ k.float().transpose(1, 2)) * d**-0.5)
+            d = decoder.layers[layer].encoder_attn.head_dim
+            q, k = (x[..., head * d : (head + 1) * d] for x in projected[layer])
+            heads.append((q @ k.transpose(1, 2)) * d**-0.5)
         weights = torch.stack(heads, dim=1).cpu().numpy()
         offset = len(start_sequence)
         return [
@@ -396,7 +403,7 @@ class TorchWhisper:
 class _TimestampRules:
     """Whisper's logit rules for decoding with timestamps, over a batch of rows."""
 
-    def __init__(self, engine: TorchWhisper, rows: int) -> None:
+    def __init__(self, engine: TorchWhisper) -> None:
         special = engine._special
         self.eot = special["eot"]
         self.no_timestamps = special["no_timestamps"]
