@@ -21,7 +21,12 @@ import numpy as np
 
 from deployments.audio import SAMPLE_RATE, AudioTooLong, decode, split_speech
 from deployments.engines import registry, timing
-from deployments.engines.contract import MAX_LENGTH, WhisperBackend
+from deployments.engines.contract import (
+    MAX_LENGTH,
+    TIME_PRECISION,
+    Generated,
+    WhisperBackend,
+)
 from deployments.engines.tokenizer import WhisperTokenizer
 from deployments.engines.tokenizer import load as load_vocabulary
 from deployments.interface import (
@@ -38,8 +43,8 @@ from deployments.packing import (
     REACH_SLACK_S,
     Packing,
     Window,
+    clip_segments,
     plan_windows,
-    split_words,
     timed_words,
 )
 
@@ -47,8 +52,17 @@ logger = logging.getLogger("ray.serve.whisper.engine")
 
 # faster-whisper's threshold for text that repeats itself (a decoding loop).
 MAX_COMPRESSION_RATIO = 2.4
-# Budget for packed windows: fast English speech with timestamps is about 5.
-TOKENS_PER_SECOND = 7
+# Token budget of a packed clip's decode: fast English speech with timestamps is about 5.
+TOKENS_PER_SECOND = 5
+# faster-whisper's quality guards, with its defaults: a window whose text
+# compresses too well (a loop) or is unlikely is decoded again at the next
+# temperature; one that is probably not speech and unlikely gets no text.
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+BEST_OF = 5
+LOG_PROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+# A segment this long that repeats earlier text word for word is a loop.
+LOOP_WORDS = 5
 # A chunk whose text ended early is decoded on from there, at most this many
 # more times, and only if the last pass got at least this far (progress).
 MAX_CONTINUATIONS = 4
@@ -58,15 +72,38 @@ MIN_STEP_S = 1.0
 def before_loop(pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A window's segments up to the first that repeats itself (a decoding loop).
 
-    faster-whisper's test: text whose gzip compression ratio is over 2.4.
-    If only the whole text fails it (a loop of short segments), nothing is kept.
+    faster-whisper's test: text whose gzip compression ratio is over 2.4; and
+    a segment of at least ``LOOP_WORDS`` words that says again, word for word,
+    what came before it (Whisper repeating a sentence into the silence after
+    it; too short to fail the ratio test). If only the whole text fails the
+    ratio test (a loop of short segments), nothing is kept.
     """
+    said: list[str] = []
     for i, piece in enumerate(pieces):
         if timing.compression_ratio(piece["text"]) > MAX_COMPRESSION_RATIO:
             return pieces[:i]
+        these = piece["text"].lower().split()
+        if len(these) >= LOOP_WORDS and _contains(said, these):
+            return pieces[:i]
+        said += these
     if timing.compression_ratio("".join(p["text"] for p in pieces)) > MAX_COMPRESSION_RATIO:
         return []
     return pieces
+
+
+def verdict(result: Generated, text: str) -> str:
+    """faster-whisper's tests on one decode: "ok", "fallback" (try the next
+    temperature) or "silent" (probably no speech: no text)."""
+    unlikely = result.avg_logprob < LOG_PROB_THRESHOLD
+    if result.no_speech_prob > NO_SPEECH_THRESHOLD and unlikely:
+        return "silent"
+    if unlikely or timing.compression_ratio(text) > MAX_COMPRESSION_RATIO:
+        return "fallback"
+    return "ok"
+
+
+def _contains(text: list[str], part: list[str]) -> bool:
+    return any(text[i : i + len(part)] == part for i in range(len(text) - len(part) + 1))
 
 
 class WhisperEngine:
@@ -82,6 +119,8 @@ class WhisperEngine:
     def __init__(self, config: EngineConfig, backend: WhisperBackend | None = None) -> None:
         self.max_audio_seconds = config.max_audio_seconds
         self.packing = Packing()
+        self.decoded_alone = 0
+        """Packed clips decoded again alone (their words were not clear-cut)."""
         self.backend = backend if backend is not None else registry.load(config)
         self.workers = self.backend.workers
         self.multilingual = self.backend.multilingual
@@ -146,19 +185,13 @@ class WhisperEngine:
         if len(windows) < len(chunks):
             logger.info("packed %d chunks into %d windows", len(chunks), len(windows))
         reached: dict[int, float] = {}
-        cut_short = self._run_windows(windows, chunks, results, reached)
-        if cut_short:
-            # Whisper stopped before the end of a packed window (or looped):
-            # the clips it did not reach go round once more, packed anew (they
-            # now start their windows), then alone.
-            logger.info("decoding %d packed chunks again", len(cut_short))
-            again = plan_windows([chunks[i] for i in cut_short], self.packing)
-            for window in again:
-                window.members = [cut_short[m] for m in window.members]
-            cut_short = self._run_windows(again, chunks, results, reached)
-        if cut_short:
-            logger.info("decoding %d packed chunks alone", len(cut_short))
-            alone = [Window.of(i, chunks[i]) for i in cut_short]
+        unsure = self._run_windows(windows, chunks, results, reached)
+        if unsure:
+            # A packed clip whose words were not clear-cut (clip_segments) is
+            # decoded alone: only that decode's words are the job's.
+            logger.info("decoding %d packed chunks alone", len(unsure))
+            self.decoded_alone += len(unsure)
+            alone = [Window.of(i, chunks[i]) for i in unsure]
             self._run_windows(alone, chunks, results, reached)
         self._decode_rest(chunks, results, reached)
         return results
@@ -183,11 +216,16 @@ class WhisperEngine:
                     continue
                 if chunk.duration - seconds <= REACH_SLACK_S:
                     continue
+                tokenizer = self._tokenizer(chunk.language, chunk.task)
+                said = tokenizer.encode("".join(s.text for s in results[i].segments))
                 rest = dataclasses.replace(
                     chunk,
                     samples=chunk.samples[int(seconds * SAMPLE_RATE) :],
                     offset=chunk.offset + seconds,
                     duration=chunk.duration - seconds,
+                    # What the chunk said so far is the previous text, as
+                    # faster-whisper's condition_on_previous_text has it.
+                    prompt=tokenizer.after(chunks[i].prompt, said),
                     packable=False,
                 )
                 owners.append(i)
@@ -213,19 +251,19 @@ class WhisperEngine:
         results: list[ChunkResult],
         reached: dict[int, float],
     ) -> list[int]:
-        """Decode windows into ``results``; return members a packed window did not reach.
+        """Decode windows into ``results``; return packed members to decode alone.
 
         ``reached`` gets, for chunks decoded alone, the seconds Whisper's text covered.
         """
-        # Word alignment (packed windows, or asked for) takes one tokenizer per call.
+        # Packed windows and word alignment take one tokenizer per call.
         groups: dict[tuple[int, bool, bool, str, str], list[Window]] = {}
         unreached: list[int] = []
         for window in windows:
             c = chunks[window.members[0]]
-            aligned = window.packed or c.word_timestamps
+            aligned = c.word_timestamps
             key = (
-                (c.beam_size, window.packed, True, c.language, c.task)
-                if aligned
+                (c.beam_size, window.packed, aligned, c.language, c.task)
+                if aligned or window.packed
                 else (c.beam_size, False, False, "", "")
             )
             groups.setdefault(key, []).append(window)
@@ -268,97 +306,246 @@ class WhisperEngine:
         ``aligned``: add word timestamps (always for packed windows). ``reached``:
         where each unpacked window's text ended (seconds from its start).
         """
-        backend = self.backend
+        if packed:
+            return self._decode_packed(windows, chunks, beam_size, aligned)
         first = [chunks[w.members[0]] for w in windows]
-        encoded = backend.encode([w.samples for w in windows])
-        generated = backend.generate(
+        encoded = self.backend.encode([w.samples for w in windows])
+        generated = self._generate_guarded(
             encoded,
             [c.prompt for c in first],
-            beam_size=beam_size,
-            max_length=self._max_length(windows, first) if packed else MAX_LENGTH,
+            [self._tokenizer(c.language, c.task) for c in first],
+            beam_size,
         )
         per_window: list[list[dict[str, Any]]] = []
         for window, chunk, result in zip(windows, first, generated, strict=True):
             tokenizer = self._tokenizer(chunk.language, chunk.task)
-            offset = 0.0 if packed else chunk.offset
-            pieces, seconds = timing.split_by_timestamps(
-                tokenizer,
-                result.tokens,
-                time_offset=offset,
-                duration=float(np.ceil(window.duration)),
-            )
-            # Whisper may predict an end past its window: keep times inside it.
-            last = offset + window.duration
-            for piece in pieces:
-                piece["start"] = min(max(piece["start"], offset), last)
-                piece["end"] = min(max(piece["end"], offset), last)
-                piece["text"] = tokenizer.decode(piece["tokens"])
-                # Word times count from here, as the segment times do.
-                piece["seek"] = offset
+            pieces, seconds = self._segments(tokenizer, result.tokens, chunk.offset, window)
             per_window.append(pieces)
-            if not packed:
-                reached[window.members[0]] = seconds
-        if not packed:
-            if aligned:
-                self._add_words(windows, first, per_window, encoded)
-            return {
-                w.members[0]: [
-                    Segment(
-                        id=0,
-                        start=round(p["start"], 3),
-                        end=round(p["end"], 3),
-                        text=p["text"],
-                        words=timed_words(p) if aligned else None,
-                    )
-                    for p in pieces
-                    if p["text"].strip()
-                ]
-                for w, pieces in zip(windows, per_window, strict=True)
-            }
-        # A packed window that decoded into a repetition loop keeps what came
-        # before the loop; split_words leaves out the clips it no longer
-        # reaches, and they are decoded again.
-        kept = [before_loop(pieces) for pieces in per_window]
-        looped = sum(len(k) < len(p) for k, p in zip(kept, per_window, strict=True))
-        if looped:
-            logger.info("%d packed windows looped; their clips from the loop on go again", looped)
-        self._add_words(windows, first, kept, encoded)
-        out: dict[int, list[Segment]] = {}
-        for window, pieces in zip(windows, kept, strict=True):
-            out |= split_words(window, chunks, pieces)
+            reached[window.members[0]] = seconds
+        if aligned:
+            tokenizer = self._tokenizer(first[0].language, first[0].task)
+            self._add_words(encoded, list(range(len(windows))), windows, per_window, tokenizer)
+        return {
+            w.members[0]: [
+                Segment(
+                    id=0,
+                    start=round(p["start"], 3),
+                    end=round(p["end"], 3),
+                    text=p["text"],
+                    words=timed_words(p) if aligned else None,
+                )
+                for p in pieces
+                if p["text"].strip()
+            ]
+            for w, pieces in zip(windows, per_window, strict=True)
+        }
+
+    def _generate_guarded(
+        self,
+        encoded: Any,
+        prompts: list[list[int]],
+        tokenizers: list[WhisperTokenizer],
+        beam_size: int,
+    ) -> list[Generated]:
+        """Decode windows with faster-whisper's temperature fallback, in batches.
+
+        Each temperature decodes at once the windows the last one failed; where
+        all fail, the likeliest result that does not loop is kept, as
+        faster-whisper does. A window the no-speech test finds silent comes
+        back with no tokens.
+        """
+        chosen: list[Generated | None] = [None] * len(prompts)
+        tried: list[list[tuple[Generated, bool]]] = [[] for _ in prompts]
+        todo = list(range(len(prompts)))
+        for temperature in TEMPERATURES:
+            if not todo:
+                break
+            results = self.backend.generate(
+                encoded,
+                [prompts[i] for i in todo],
+                beam_size=beam_size,
+                max_length=MAX_LENGTH,
+                rows=todo,
+                temperature=temperature,
+                best_of=BEST_OF,
+            )
+            failed = []
+            for i, result in zip(todo, results, strict=True):
+                text = tokenizers[i].decode(result.tokens)
+                tried[i].append((result, timing.compression_ratio(text) <= MAX_COMPRESSION_RATIO))
+                if verdict(result, text) == "fallback":
+                    failed.append(i)
+                else:
+                    chosen[i] = result
+            if failed:
+                logger.info(
+                    "decoding %d windows again at temperature %.1f", len(failed), temperature + 0.2
+                )
+            todo = failed
+        for i in todo:
+            pool = [r for r, not_looping in tried[i] if not_looping] or [r for r, _ in tried[i]]
+            chosen[i] = max(pool, key=lambda r: r.avg_logprob)
+        out = []
+        for result, tokenizer in zip(chosen, tokenizers, strict=True):
+            assert result is not None
+            silent = verdict(result, tokenizer.decode(result.tokens)) == "silent"
+            out.append(dataclasses.replace(result, tokens=[]) if silent else result)
         return out
 
-    def _max_length(self, windows: list[Window], first: list[Chunk]) -> int:
-        """A token budget for packed windows: a decoding loop stops early, speech does not."""
-        longest = max(w.duration for w in windows)
-        prompt = max(len(c.prompt) for c in first)
-        return min(MAX_LENGTH, prompt + 16 + int(TOKENS_PER_SECOND * longest))
+    def _decode_packed(
+        self, windows: list[Window], chunks: Sequence[Chunk], beam_size: int, aligned: bool
+    ) -> dict[int, list[Segment]]:
+        """Packed windows: one encoder pass each, then one decode per clip that hears
+        only that clip (deployments/packing.py). ``aligned``: add word timestamps.
+
+        Clips left out of the answer are to be decoded alone, where
+        faster-whisper's guards run whole: Whisper wrote nothing for them,
+        looped, or failed the fallback or no-speech test.
+        """
+        encoded = self.backend.encode(
+            [w.samples for w in windows], clips=[w.clips for w in windows]
+        )
+        first = chunks[windows[0].members[0]]
+        tokenizer = self._tokenizer(first.language, first.task)
+        rows = [(w, slot) for w in range(len(windows)) for slot in range(len(windows[w].members))]
+        clips = [chunks[windows[w].members[slot]] for w, slot in rows]
+        spans = [
+            (windows[w].starts[slot], windows[w].starts[slot] + clip.duration)
+            for (w, slot), clip in zip(rows, clips, strict=True)
+        ]
+        per_row: list[list[dict[str, Any]]] = [[] for _ in rows]
+        # Whisper may close its text before the end of the clip (two timestamps
+        # and the end): as a sequential pass would, decode on from there, with
+        # the clip's text so far as the previous text.
+        at = [start for start, _ in spans]
+        prompts = [clip.prompt for clip in clips]
+        guarded: set[int] = set()
+        todo = list(range(len(rows)))
+        for _round in range(1 + MAX_CONTINUATIONS):
+            if not todo:
+                break
+            generated = self._generate_from(
+                encoded,
+                [rows[k][0] for k in todo],
+                [prompts[k] for k in todo],
+                [(at[k], spans[k][1]) for k in todo],
+                beam_size,
+                tokenizer,
+            )
+            going_on = []
+            for k, result in zip(todo, generated, strict=True):
+                tokens = result.tokens
+                if verdict(result, tokenizer.decode(tokens)) != "ok":
+                    guarded.add(k)  # the fallback and the no-speech test: alone
+                    continue
+                pieces, seconds = self._segments(tokenizer, tokens, 0.0, windows[rows[k][0]])
+                per_row[k] += pieces
+                if at[k] + MIN_STEP_S <= seconds < spans[k][1] - REACH_SLACK_S:
+                    at[k] = seconds
+                    going_on.append(k)
+                    text = [t for p in pieces for t in p["tokens"]]
+                    prompts[k] = tokenizer.after(prompts[k], text)
+            todo = going_on
+        if aligned:
+            self._add_words(
+                encoded,
+                [w for w, _ in rows],
+                [windows[w] for w, _ in rows],
+                per_row,
+                tokenizer,
+                spans,
+            )
+        out: dict[int, list[Segment]] = {}
+        for k, ((w, slot), clip, pieces) in enumerate(zip(rows, clips, per_row, strict=True)):
+            spoken = [p for p in pieces if p["text"].strip()]
+            if k not in guarded and spoken and len(before_loop(spoken)) == len(spoken):
+                out[windows[w].members[slot]] = clip_segments(
+                    windows[w].starts[slot], clip, spoken, aligned
+                )
+        return out
+
+    def _generate_from(
+        self,
+        encoded: Any,
+        rows: list[int],
+        prompts: list[list[int]],
+        spans: list[tuple[float, float]],
+        beam_size: int,
+        tokenizer: WhisperTokenizer,
+    ) -> list[Generated]:
+        """Decode encoder windows ``rows``, each hearing only its span (a clip, or
+        what is left of it) and starting at the span's start (the prompt ends with
+        that timestamp); decodes with like token budgets go together.
+        """
+        budgets: dict[int, list[int]] = {}
+        for k, (start, end) in enumerate(spans):
+            new = -(-(16 + int(TOKENS_PER_SECOND * (end - start))) // 32) * 32
+            budgets.setdefault(new, []).append(k)
+        out: list[Generated] = [Generated(tokens=[]) for _ in rows]
+        for new, members in budgets.items():
+            starting = [
+                [*prompts[k], tokenizer.timestamp_begin + round(spans[k][0] / TIME_PRECISION)]
+                for k in members
+            ]
+            longest = max(len(p) for p in starting)
+            generated = self.backend.generate(
+                encoded,
+                starting,
+                beam_size=beam_size,
+                max_length=min(MAX_LENGTH, max(2 * new, longest + new)),
+                rows=[rows[k] for k in members],
+                spans=[spans[k] for k in members],
+            )
+            for k, result in zip(members, generated, strict=True):
+                out[k] = result
+        return out
+
+    def _segments(
+        self, tokenizer: WhisperTokenizer, tokens: list[int], offset: float, window: Window
+    ) -> tuple[list[dict[str, Any]], float]:
+        """A decode's segments (times from ``offset``, inside the window) and how far it read."""
+        pieces, seconds = timing.split_by_timestamps(
+            tokenizer, tokens, time_offset=offset, duration=float(np.ceil(window.duration))
+        )
+        # Whisper may predict an end past its window: keep times inside it.
+        last = offset + window.duration
+        for piece in pieces:
+            piece["start"] = min(max(piece["start"], offset), last)
+            piece["end"] = min(max(piece["end"], offset), last)
+            piece["text"] = tokenizer.decode(piece["tokens"])
+            # Word times count from here, as the segment times do.
+            piece["seek"] = offset
+        return pieces, seconds
 
     def _add_words(
         self,
-        windows: list[Window],
-        first: list[Chunk],
-        per_window: list[list[dict[str, Any]]],
         encoded: Any,
+        rows: list[int],
+        windows: list[Window],
+        per_row: list[list[dict[str, Any]]],
+        tokenizer: WhisperTokenizer,
+        spans: list[tuple[float, float]] | None = None,
     ) -> None:
-        """Word timestamps (cross-attention alignment) on the windows that have words."""
-        spoken = [i for i, pieces in enumerate(per_window) if pieces]
+        """Word timestamps (cross-attention alignment) on the decodes that have words.
+
+        Decode ``k`` read encoder window ``rows[k]`` (``windows[k]``), hearing
+        only ``spans[k]`` of it where given (a packed clip's decode).
+        """
+        spoken = [k for k, pieces in enumerate(per_row) if pieces]
         if not spoken:
             return
-        tokenizer = self._tokenizer(first[spoken[0]].language, first[spoken[0]].task)
-        texts = [
-            [t for p in per_window[i] for t in p["tokens"] if t < tokenizer.eot] for i in spoken
-        ]
+        texts = [[t for p in per_row[k] for t in p["tokens"] if t < tokenizer.eot] for k in spoken]
         alignments = self.backend.align(
             encoded,
-            spoken,
+            [rows[k] for k in spoken],
             tokenizer.sot_sequence,
             texts,
-            [timing.frames(windows[i].duration) for i in spoken],
+            [timing.frames(windows[k].duration if spans is None else spans[k][1]) for k in spoken],
+            None if spans is None else [spans[k] for k in spoken],
         )
         timing.add_words(
-            [per_window[i] for i in spoken],
+            [per_row[k] for k in spoken],
             tokenizer,
             alignments,
-            [per_window[i][0]["seek"] for i in spoken],
+            [per_row[k][0]["seek"] for k in spoken],
         )

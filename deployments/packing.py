@@ -1,28 +1,35 @@
-"""Packing short jobs into shared 30 s windows, and splitting the words back.
+"""Packing short jobs into shared 30 s windows, each still decoded on its own.
 
 Whisper pads every input to 30 s, so a 4 s clip costs as much as 30 s of audio.
-Short clips that may be decoded together (same owner, same options) are laid
-end to end with a second of silence between them, decoded as one window with
-word timestamps, and each word goes back to the clip its midpoint falls in.
-Splitting by segment instead mixes clips up: one segment can span two clips.
+Short clips that may share a window (same packing group, same options) are
+laid end to end, a second of silence apart, and go through the encoder as one
+window; each clip's log-mel is computed on its own, as if alone. Then each clip
+gets a decode of its own that hears only that clip: the encoder states outside
+it are replaced by those of silence (engines/contract.py ``silenced``), and its
+prompt ends with the timestamp where it starts. So no other clip's audio can
+be read into it and no other clip's text comes before it (Whisper reads its
+own earlier text as context): its words are its own by construction, not by a
+split that may fall in the wrong place. What the packing shares is the encoder
+pass, where the clips' states still see each other (self-attention): a word
+can come out differently than alone, as with any change of context, but not
+from another clip. A clip whose decode writes nothing or loops is decoded alone.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from deployments.audio import SAMPLE_RATE
+from deployments.engines.contract import SAMPLE_RATE, TIME_PRECISION
 from deployments.interface import Chunk, Segment, Word
 
 GAP_S = 1.0
 # Speech left after the last decoded word for a clip to count as cut short.
 REACH_SLACK_S = 1.0
-_GAP = np.zeros(int(GAP_S * SAMPLE_RATE), dtype=np.float32)
-_GAP.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -56,11 +63,21 @@ class Window:
         return len(self.members) > 1
 
     def add(self, index: int, chunk: Chunk) -> None:
-        self.pieces += [_GAP, chunk.samples]
-        start = self.duration + GAP_S
+        # Clips start on the timestamp grid: a prompt can start decoding exactly there.
+        start = math.ceil(round((self.duration + GAP_S) / TIME_PRECISION, 6)) * TIME_PRECISION
+        gap = round((start - self.duration) * SAMPLE_RATE)
+        self.pieces += [np.zeros(gap, dtype=np.float32), chunk.samples]
         self.members.append(index)
         self.starts.append(start)
         self.duration = start + chunk.duration
+
+    @property
+    def clips(self) -> list[tuple[int, int]] | None:
+        """The sample ranges of the packed clips (None for one chunk alone)."""
+        if not self.packed:
+            return None
+        starts = [round(s * SAMPLE_RATE) for s in self.starts]
+        return [(a, a + p.shape[0]) for a, p in zip(starts, self.pieces[::2], strict=True)]
 
     @property
     def samples(self) -> np.ndarray:
@@ -105,54 +122,23 @@ def timed_words(
     ]
 
 
-def split_words(
-    window: Window, chunks: Sequence[Chunk], subsegments: list[dict[str, Any]]
-) -> dict[int, list[Segment]]:
-    """Give each member chunk its own segments, from the window's timed words.
+def clip_segments(
+    start: float, chunk: Chunk, pieces: list[dict[str, Any]], aligned: bool
+) -> list[Segment]:
+    """A packed clip's segments (window times, from a decode that heard only this
+    clip, which starts at ``start``), timed as if decoded alone: from the clip's
+    start, plus its offset, inside the clip."""
 
-    A word belongs to the clip its midpoint falls in (the boundary between two
-    clips is the middle of the silence between them). Times come back relative
-    to each chunk, plus its offset, as for a chunk decoded alone.
+    def local(t: float) -> float:
+        return round(float(chunk.offset + min(max(t - start, 0.0), chunk.duration)), 3)
 
-    Whisper sometimes stops before the end of a window (a sequential pass
-    would go on from there): members whose audio runs on more than
-    ``REACH_SLACK_S`` past the last word are left out, to be decoded again.
-    """
-    ends = [s + chunks[m].duration for s, m in zip(window.starts, window.members, strict=True)]
-    out: dict[int, list[Segment]] = {m: [] for m in window.members}
-    for sub in subsegments:
-        by_member: dict[int, list[dict[str, Any]]] = {}
-        for word in sub.get("words") or []:
-            middle = (word["start"] + word["end"]) / 2
-            slot = len(ends) - 1
-            for j, end in enumerate(ends[:-1]):
-                if middle < end + GAP_S / 2:
-                    slot = j
-                    break
-            by_member.setdefault(slot, []).append(word)
-        for slot, words in by_member.items():
-            member = window.members[slot]
-            chunk = chunks[member]
-            start = window.starts[slot]
-
-            def local(t: float, chunk: Chunk = chunk, start: float = start) -> float:
-                return round(float(chunk.offset + min(max(t - start, 0.0), chunk.duration)), 3)
-
-            text = "".join(w["word"] for w in words)
-            if text.strip():
-                out[member].append(
-                    Segment(
-                        id=0,
-                        start=local(words[0]["start"]),
-                        end=local(words[-1]["end"]),
-                        text=text,
-                        words=timed_words({"words": words}, local)
-                        if chunk.word_timestamps
-                        else None,
-                    )
-                )
-    reached = max((w["end"] for sub in subsegments for w in sub.get("words") or []), default=0.0)
-    for member, end in zip(window.members, ends, strict=True):
-        if end > reached + REACH_SLACK_S:
-            del out[member]
-    return out
+    return [
+        Segment(
+            id=0,
+            start=local(p["start"]),
+            end=local(p["end"]),
+            text=p["text"],
+            words=timed_words(p, local) if aligned else None,
+        )
+        for p in pieces
+    ]

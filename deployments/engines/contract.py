@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -21,6 +21,8 @@ WINDOW_S = 30
 N_FRAMES = 3000
 """Mel frames in one window (10 ms hop)."""
 FRAMES_PER_SECOND = 100
+HOP_LENGTH = SAMPLE_RATE // FRAMES_PER_SECOND
+"""Samples per mel frame."""
 TIME_PRECISION = 0.02
 """Seconds per timestamp token."""
 ALIGN_FRAMES_PER_SECOND = 50
@@ -31,10 +33,12 @@ MAX_LENGTH = 448
 
 @dataclass
 class Generated:
-    """One window's decoded tokens (timestamps included, no end token)."""
+    """One prompt's decoded tokens (timestamps included, no end token)."""
 
     tokens: list[int]
     avg_logprob: float = 0.0
+    """As faster-whisper computes it: the sum of the tokens' log probabilities
+    over their count plus one."""
     no_speech_prob: float = 0.0
 
 
@@ -79,8 +83,19 @@ class WhisperBackend(Protocol):
     workers: int
     """How many batches may run at once (from different threads)."""
 
-    def encode(self, windows: Sequence[np.ndarray]) -> Encoded:
-        """Log-mel features and the encoder pass over <= 30 s windows of 16 kHz samples."""
+    def encode(
+        self,
+        windows: Sequence[np.ndarray],
+        *,
+        clips: Sequence[Sequence[tuple[int, int]] | None] | None = None,
+    ) -> Encoded:
+        """Log-mel features and the encoder pass over <= 30 s windows of 16 kHz samples.
+
+        ``clips[i]``: the sample ranges of the clips packed into window ``i``.
+        Each clip's log-mel is then computed on its own (Whisper scales it by its
+        loudest frame), as if decoded alone, and laid at its start frame; the
+        frames between clips are padding, as after the end of a lone clip.
+        """
         ...
 
     def generate(
@@ -90,8 +105,24 @@ class WhisperBackend(Protocol):
         *,
         beam_size: int,
         max_length: int,
+        rows: Sequence[int] | None = None,
+        spans: Sequence[tuple[float, float]] | None = None,
+        temperature: float = 0.0,
+        best_of: int = 5,
     ) -> list[Generated]:
-        """Decode each window with timestamps, under Whisper's timestamp rules.
+        """Decode each prompt with timestamps, under Whisper's timestamp rules.
+
+        ``temperature`` 0: beam search (greedy for ``beam_size`` 1); above 0,
+        ``best_of`` samples at that temperature, the likeliest kept (Whisper's
+        temperature fallback).
+
+        Prompt ``i`` decodes window ``rows[i]`` of ``encoded`` (window ``i`` when
+        ``rows`` is None): one encoder pass can serve several prompts. With
+        ``spans``, prompt ``i`` hears only seconds ``spans[i]`` of its window:
+        elsewhere the decoder reads the encoder states of silence (see
+        ``silenced``), so one clip of a packed window is decoded as if alone. A
+        prompt may end with a timestamp token: decoding starts there (a clip that
+        begins mid-window), and that timestamp is the first of the returned tokens.
 
         ``max_length`` counts the prompt, as in CTranslate2: a window gets at most
         ``min(max_length // 2, max_length - len(prompt) + 1)`` new tokens.
@@ -105,10 +136,41 @@ class WhisperBackend(Protocol):
         start_sequence: list[int],
         text_tokens: Sequence[list[int]],
         num_frames: Sequence[int],
+        spans: Sequence[tuple[float, float]] | None = None,
     ) -> list[Alignment]:
-        """Cross-attention alignment of ``text_tokens`` with windows ``indices`` of ``encoded``."""
+        """Cross-attention alignment of ``text_tokens`` with windows ``indices`` of ``encoded``.
+
+        With ``spans``, text ``k`` is aligned hearing only ``spans[k]`` of its
+        window, as it was decoded (``generate``).
+        """
         ...
 
     def detect_language(self, samples: np.ndarray) -> list[tuple[str, float]]:
         """Language codes and probabilities for the first window, most likely first."""
         ...
+
+
+def clip_frames(start: int, end: int) -> tuple[int, int]:
+    """The mel frames of samples ``[start, end)`` of a window: where a clip's own
+    features go (its feature extractor gives one frame per hop)."""
+    first = start // HOP_LENGTH
+    return first, first + (end - start) // HOP_LENGTH
+
+
+def positions(seconds: float) -> int:
+    """The encoder position at ``seconds`` into a window."""
+    return round(seconds * ALIGN_FRAMES_PER_SECOND)
+
+
+def silenced(states: Any, silence: Any, spans: Sequence[tuple[float, float]]) -> Any:
+    """Encoder states (windows x positions x width) that keep only ``spans``.
+
+    Elsewhere each window gets ``silence``'s states (the encoder's output for a
+    silent window, at the same positions): what Whisper reads where a clip's
+    audio has ended. Works on numpy arrays and torch tensors alike (in place).
+    """
+    for k, (start, end) in enumerate(spans):
+        first, last = positions(start), positions(end)
+        states[k, :first] = silence[:first]
+        states[k, last:] = silence[last:]
+    return states

@@ -68,7 +68,9 @@ def split_by_timestamps(
     stamps = [t for t in tokens if t >= begin]
     if stamps and stamps[-1] != begin:
         end = (stamps[-1] - begin) * TIME_PRECISION
-    segments.append({"start": time_offset, "end": time_offset + end, "tokens": tokens})
+    # A decode that started mid-window opens with that timestamp.
+    start = (tokens[0] - begin) * TIME_PRECISION if tokens and tokens[0] >= begin else 0.0
+    segments.append({"start": time_offset + start, "end": time_offset + end, "tokens": tokens})
     return segments, duration
 
 

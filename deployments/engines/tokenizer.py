@@ -84,6 +84,14 @@ class WhisperTokenizer:
         head = [self.sot_prev, *previous[-(MAX_LENGTH // 2 - 1) :]] if previous else []
         return head + self.sot_sequence
 
+    def after(self, prompt: list[int], text: list[int]) -> list[int]:
+        """``prompt`` with ``text`` added to its previous text (a decode that goes on
+        where the last one stopped reads what came before, as faster-whisper's
+        ``condition_on_previous_text`` does)."""
+        start = prompt.index(self.sot)
+        previous = [*prompt[1:start], *[t for t in text if t < self.eot]]
+        return [self.sot_prev, *previous[-(MAX_LENGTH // 2 - 1) :], *prompt[start:]]
+
     def split_to_word_tokens(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]:
         """Words and their tokens; a word starts with a space or is punctuation."""
         if self.language_code in _NO_SPACES:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,16 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 
-from deployments.engines.contract import Alignment, Generated, Loaded
+from deployments.engines.contract import (
+    FRAMES_PER_SECOND,
+    SAMPLE_RATE,
+    WINDOW_S,
+    Alignment,
+    Generated,
+    Loaded,
+    clip_frames,
+    silenced,
+)
 
 if TYPE_CHECKING:
     from deployments.interface import EngineConfig
@@ -67,18 +77,76 @@ class CTranslate2Whisper:
             [np.asarray(pad_or_trim(self.model.feature_extractor(w)[..., :-1])) for w in windows]
         )
 
-    def encode(self, windows: Sequence[np.ndarray]) -> CT2Encoded:
+    def encode(
+        self,
+        windows: Sequence[np.ndarray],
+        *,
+        clips: Sequence[Sequence[tuple[int, int]] | None] | None = None,
+    ) -> CT2Encoded:
         features = self._features(windows)
+        for i, ranges in enumerate(clips or []):
+            if ranges:  # each clip's features on their own (contract)
+                own = self._features([windows[i][a:b] for a, b in ranges])
+                features[i] = 0.0
+                for (a, b), clip in zip(ranges, own, strict=True):
+                    first, last = clip_frames(a, b)
+                    features[i, :, first:last] = clip[:, : last - first]
         return CT2Encoded(self.model.encode(features), features)
 
+    def _windows(
+        self,
+        encoded: CT2Encoded,
+        rows: Sequence[int],
+        spans: Sequence[tuple[float, float]] | None = None,
+    ) -> Any:
+        """The encoder output of windows ``rows`` (repeats allowed), as a new batch;
+        with ``spans``, each row hears only its span (contract.silenced)."""
+        if spans is None and list(rows) == list(range(encoded.features.shape[0])):
+            return encoded.output
+        if encoded.output.device != "cpu":
+            # A GPU StorageView has no host view: encode those windows again,
+            # each with its features outside its span blanked (padding).
+            features = encoded.features[list(rows)].copy()
+            for k, (start, end) in enumerate(spans or []):
+                features[k, :, : round(start * FRAMES_PER_SECOND)] = 0.0
+                features[k, :, round(end * FRAMES_PER_SECOND) :] = 0.0
+            return self.model.encode(features)
+        import ctranslate2
+
+        states = np.asarray(encoded.output)[list(rows)]
+        if spans is not None:
+            states = silenced(states, self._silence(), spans)
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(states))
+
+    @cache  # noqa: B019 - once, for the model's life
+    def _silence(self) -> np.ndarray:
+        """The encoder's states for 30 s of silence."""
+        silent = np.zeros(WINDOW_S * SAMPLE_RATE, dtype=np.float32)
+        return np.asarray(self.model.encode(self._features([silent])))[0]
+
     def generate(
-        self, encoded: Any, prompts: Sequence[list[int]], *, beam_size: int, max_length: int
+        self,
+        encoded: Any,
+        prompts: Sequence[list[int]],
+        *,
+        beam_size: int,
+        max_length: int,
+        rows: Sequence[int] | None = None,
+        spans: Sequence[tuple[float, float]] | None = None,
+        temperature: float = 0.0,
+        best_of: int = 5,
     ) -> list[Generated]:
+        sampling = (
+            {"beam_size": 1, "num_hypotheses": best_of, "sampling_topk": 0,
+             "sampling_temperature": temperature}
+            if temperature > 0
+            else {"beam_size": beam_size}
+        )  # fmt: skip
         results = self.model.model.generate(
-            encoded.output,
+            self._windows(encoded, range(len(prompts)) if rows is None else rows, spans),
             list(prompts),
-            beam_size=beam_size,
             max_length=max_length,
+            **sampling,
             suppress_blank=True,
             suppress_tokens=[-1],
             return_scores=True,
@@ -87,7 +155,12 @@ class CTranslate2Whisper:
         return [
             Generated(
                 tokens=list(r.sequences_ids[0]),
-                avg_logprob=float(r.scores[0]) if r.scores else 0.0,
+                # CTranslate2's score is the mean log probability (length penalty 1).
+                avg_logprob=float(r.scores[0])
+                * len(r.sequences_ids[0])
+                / (len(r.sequences_ids[0]) + 1)
+                if r.scores
+                else 0.0,
                 no_speech_prob=float(r.no_speech_prob),
             )
             for r in results
@@ -100,12 +173,14 @@ class CTranslate2Whisper:
         start_sequence: list[int],
         text_tokens: Sequence[list[int]],
         num_frames: Sequence[int],
+        spans: Sequence[tuple[float, float]] | None = None,
     ) -> list[Alignment]:
-        output = encoded.output
-        if list(indices) != list(range(encoded.features.shape[0])):
-            output = self.model.encode(encoded.features[list(indices)])
         results = self.model.model.align(
-            output, start_sequence, list(text_tokens), list(num_frames), median_filter_width=7
+            self._windows(encoded, indices, spans),
+            start_sequence,
+            list(text_tokens),
+            list(num_frames),
+            median_filter_width=7,
         )
         return [
             Alignment(

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from deployments.engines.contract import (
     Alignment,
     Generated,
     Loaded,
+    clip_frames,
+    silenced,
 )
 from deployments.engines.tokenizer import load as load_tokenizer
 from deployments.engines.torch.weights import PACKED, unpack_int8
@@ -158,8 +161,21 @@ class TorchWhisper:
         return torch.where(valid[:, None, :], (log_spec + 4.0) / 4.0, 0.0)
 
     @torch.inference_mode()
-    def encode(self, windows: Sequence[np.ndarray]) -> TorchEncoded:
-        features = self.features(windows).to(self.dtype)
+    def encode(
+        self,
+        windows: Sequence[np.ndarray],
+        *,
+        clips: Sequence[Sequence[tuple[int, int]] | None] | None = None,
+    ) -> TorchEncoded:
+        features = self.features(windows)
+        for i, ranges in enumerate(clips or []):
+            if ranges:  # each clip's features on their own (contract)
+                own = self.features([windows[i][a:b] for a, b in ranges])
+                features[i] = 0.0
+                for (a, b), clip in zip(ranges, own, strict=True):
+                    first, last = clip_frames(a, b)
+                    features[i, :, first:last] = clip[:, : last - first]
+        features = features.to(self.dtype)
         return TorchEncoded(self.model.model.encoder(features).last_hidden_state)
 
     # -- decoding --------------------------------------------------------------
@@ -172,21 +188,65 @@ class TorchWhisper:
         *,
         beam_size: int,
         max_length: int,
+        rows: Sequence[int] | None = None,
+        spans: Sequence[tuple[float, float]] | None = None,
+        temperature: float = 0.0,
+        best_of: int = 5,
     ) -> list[Generated]:
-        hidden: torch.Tensor = encoded.hidden
+        hidden = self._heard(
+            encoded, list(range(len(prompts))) if rows is None else list(rows), spans
+        )
+        if temperature <= 0:
+            return self._decode_groups(hidden, list(prompts), beam_size, max_length, 0.0)
+        # best_of samples of each prompt, the likeliest kept.
+        samples = self._decode_groups(
+            hidden.repeat_interleave(best_of, dim=0),
+            [p for p in prompts for _ in range(best_of)],
+            1,
+            max_length,
+            temperature,
+        )
+        return [
+            max(samples[i * best_of : (i + 1) * best_of], key=lambda g: g.avg_logprob)
+            for i in range(len(prompts))
+        ]
+
+    def _decode_groups(
+        self,
+        hidden: torch.Tensor,
+        prompts: list[list[int]],
+        beam_size: int,
+        max_length: int,
+        temperature: float,
+    ) -> list[Generated]:
+        """Decode prompt ``i`` over ``hidden[i]``, prompts of one length together."""
         results: list[Generated | None] = [None] * len(prompts)
-        # Windows decode together when their prompts are as long: positions
-        # are absolute, so shorter prompts would need padding the model never saw.
-        groups: dict[int, list[int]] = {}
+        # Prompts decode together when they are as long: positions are absolute,
+        # so shorter prompts would need padding the model never saw.
+        groups: dict[tuple[int, bool], list[int]] = {}
         for i, prompt in enumerate(prompts):
-            groups.setdefault(len(prompt), []).append(i)
+            groups.setdefault((len(prompt), prompt[-1] >= self._rules.begin), []).append(i)
         for members in groups.values():
             decoded = self._generate(
-                hidden[members], [prompts[i] for i in members], beam_size, max_length
+                hidden[members], [prompts[i] for i in members], beam_size, max_length, temperature
             )
             for i, result in zip(members, decoded, strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
+
+    def _heard(
+        self, encoded: Any, rows: list[int], spans: Sequence[tuple[float, float]] | None
+    ) -> torch.Tensor:
+        """Encoder states of windows ``rows``, each silenced outside its span (contract)."""
+        if spans is None:
+            whole = rows == list(range(encoded.hidden.shape[0]))
+            return encoded.hidden if whole else encoded.hidden[rows]
+        return silenced(encoded.hidden[rows].clone(), self._silence(), spans)
+
+    @cache  # noqa: B019 - once, for the model's life
+    def _silence(self) -> torch.Tensor:
+        """The encoder's states for 30 s of silence."""
+        return self.encode([np.zeros(WINDOW_S * SAMPLE_RATE, dtype=np.float32)]).hidden[0]
 
     @torch.inference_mode()
     def decoder_step(
@@ -199,8 +259,14 @@ class TorchWhisper:
         return self.model.proj_out(out.last_hidden_state)
 
     def _generate(
-        self, hidden: torch.Tensor, prompts: list[list[int]], beam_size: int, max_length: int
+        self,
+        hidden: torch.Tensor,
+        prompts: list[list[int]],
+        beam_size: int,
+        max_length: int,
+        temperature: float = 0.0,
     ) -> list[Generated]:
+        """Beam search, greedy (``beam_size`` 1), or sampling at ``temperature`` > 0."""
         n = len(prompts)
         beams = max(1, beam_size)
         sot = self._special["sot"]
@@ -219,15 +285,22 @@ class TorchWhisper:
         # Beam search keeps `beams` rows per window; the first step has one distinct beam.
         scores = torch.zeros((n, beams), device=self.device)
         scores[:, 1:] = -torch.inf
-        sequences: list[list[int]] = [[] for _ in range(n * beams)]
+        # A prompt that ends with a timestamp starts there: the stamp opens the text.
+        opened = prompts[0][-1] >= self._rules.begin
+        sequences: list[list[int]] = [
+            [prompts[i // beams][-1]] if opened else [] for i in range(n * beams)
+        ]
         finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
         done = [False] * n
         for step in range(steps):
             logprobs = torch.log_softmax(
-                self._rules.apply(logits, sequences, first=step == 0), dim=-1
+                self._rules.apply(logits, sequences, first=step == 0 and not opened), dim=-1
             )
             if beams == 1:
-                best = logprobs.argmax(dim=-1)
+                if temperature > 0:
+                    best = torch.multinomial(torch.softmax(logprobs / temperature, dim=-1), 1)[:, 0]
+                else:
+                    best = logprobs.argmax(dim=-1)
                 picked = logprobs.gather(1, best[:, None])[:, 0]
                 scores[:, 0] += torch.where(torch.tensor(done, device=self.device), 0.0, picked)
                 chosen = best.tolist()
@@ -265,7 +338,7 @@ class TorchWhisper:
             results.append(
                 Generated(
                     tokens=best_tokens,
-                    avg_logprob=total / max(1, len(best_tokens)),
+                    avg_logprob=total / (len(best_tokens) + 1),
                     no_speech_prob=float(no_speech[i]),
                 )
             )
@@ -328,6 +401,7 @@ class TorchWhisper:
         start_sequence: list[int],
         text_tokens: Sequence[list[int]],
         num_frames: Sequence[int],
+        spans: Sequence[tuple[float, float]] | None = None,
     ) -> list[Alignment]:
         """Cross-attention of the alignment heads over [start, notimestamps, text, end]."""
         eot = self._special["eot"]
@@ -336,7 +410,7 @@ class TorchWhisper:
         ]
         width = max(len(seq) for seq in inputs)
         ids = torch.tensor([seq + [eot] * (width - len(seq)) for seq in inputs], device=self.device)
-        memory = encoded.hidden[list(indices)]
+        memory = self._heard(encoded, list(indices), spans)
         layers = sorted({layer for layer, _ in self.alignment_heads})
         captured: dict[int, torch.Tensor] = {}
         decoder = self.model.model.decoder
