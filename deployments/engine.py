@@ -146,22 +146,31 @@ class WhisperEngine:
         language = self._language(options.language, pieces)
         if not self.multilingual and options.task == "translate":
             raise AudioError("this model is English-only and cannot translate")
-        prompt = self._tokenizer(language, options.task).prompt(options.initial_prompt)
+        # multilingual: every chunk (<= 30 s) in the language detected in it.
+        each = options.multilingual and self.multilingual and options.language is None
+        languages = [
+            self._language(None, [piece]) if each and k else language
+            for k, piece in enumerate(pieces)
+        ]
         chunks = [
             Chunk(
                 samples=piece,
                 offset=offset,
                 duration=duration,
-                prompt=prompt,
-                language=language,
+                prompt=self._tokenizer(lang, options.task).prompt(
+                    options.initial_prompt, options.hotwords
+                ),
+                language=lang,
                 task=options.task,
                 beam_size=options.beam_size,
-                packable=len(pieces) == 1,
+                packable=len(pieces) == 1 and options.pack,
                 word_timestamps=options.word_timestamps,
             )
-            for piece, (offset, duration) in zip(pieces, layout.windows, strict=True)
+            for piece, lang, (offset, duration) in zip(
+                pieces, languages, layout.windows, strict=True
+            )
         ]
-        return PreparedAudio(chunks=chunks, layout=layout, language=language)
+        return PreparedAudio(chunks=chunks, layout=layout, language=language, multilingual=each)
 
     def _language(self, requested: str | None, pieces: list[np.ndarray]) -> str:
         if not self.multilingual:
@@ -378,18 +387,16 @@ class WhisperEngine:
                 else:
                     chosen[i] = result
             if failed:
-                logger.info(
-                    "decoding %d windows again at temperature %.1f", len(failed), temperature + 0.2
-                )
+                logger.info("%d windows failed at temperature %.1f", len(failed), temperature)
             todo = failed
         for i in todo:
             pool = [r for r, not_looping in tried[i] if not_looping] or [r for r, _ in tried[i]]
             chosen[i] = max(pool, key=lambda r: r.avg_logprob)
-        out = []
-        for result, tokenizer in zip(chosen, tokenizers, strict=True):
-            assert result is not None
-            silent = verdict(result, tokenizer.decode(result.tokens)) == "silent"
-            out.append(dataclasses.replace(result, tokens=[]) if silent else result)
+        out: list[Generated] = []
+        for kept, tokenizer in zip(chosen, tokenizers, strict=True):
+            assert kept is not None
+            silent = verdict(kept, tokenizer.decode(kept.tokens)) == "silent"
+            out.append(dataclasses.replace(kept, tokens=[]) if silent else kept)
         return out
 
     def _decode_packed(

@@ -26,6 +26,13 @@ class TranscribeOptions:
     vad_filter: bool = True
     word_timestamps: bool = False
     beam_size: int = 5
+    hotwords: str | None = None
+    multilingual: bool = False
+    """Detect the language of every chunk, not only the first."""
+    pack: bool = True
+    """Whether a short job may share an encoder pass with others (deployments/packing.py)."""
+    pack_group: str | None = None
+    """Only jobs of the same owner and group (and options) share an encoder pass."""
 
 
 @dataclass
@@ -61,6 +68,8 @@ class Segment:
     end: float
     text: str
     words: list[Word] | None = None
+    language: str | None = None
+    """Set for ``multilingual`` jobs: the language of this segment's chunk."""
 
 
 @dataclass
@@ -76,6 +85,8 @@ class PreparedAudio:
     chunks: list[Chunk]
     layout: SpeechLayout
     language: str
+    multilingual: bool = False
+    """Each chunk has the language detected in it."""
 
 
 @dataclass
@@ -86,7 +97,11 @@ class Transcript:
     duration: float
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        out = asdict(self)
+        for segment in out["segments"]:
+            if segment["language"] is None:  # only multilingual jobs say it per segment
+                del segment["language"]
+        return out
 
 
 class AudioError(ValueError):
@@ -132,38 +147,52 @@ class EngineConfig:
 
 
 def assemble(prepared: PreparedAudio, results: Sequence[ChunkResult]) -> Transcript:
-    """Join a job's chunk results, in order, on the original audio's timeline."""
+    """Join a job's chunk results, in order, on the original audio's timeline.
+
+    Times are monotonic and inside the audio whatever the decoding gave: each
+    segment lies inside its chunk and starts where the one before ended or
+    later; each word lies inside its segment and starts where the word before
+    ended or later. (Whisper's timestamps of two passes over one chunk can
+    overlap by a few hundredths, and a last word's alignment can reach past
+    its chunk.)
+    """
     for result in results:
         if result.error is not None:
             raise AudioError(result.error)
     layout = prepared.layout
+    duration = round(layout.duration, 3)
     segments: list[Segment] = []
-    for result in results:
+    last = 0.0
+    for chunk, result in zip(prepared.chunks, results, strict=True):
+        begin, stop = chunk.offset, chunk.offset + chunk.duration
+
+        def inside(
+            t: float, is_end: bool = False, begin: float = begin, stop: float = stop
+        ) -> float:
+            return min(layout.original_time(min(max(t, begin), stop), is_end=is_end), duration)
+
         for seg in result.segments:
+            start = max(inside(seg.start), last)
+            end = max(inside(seg.end, is_end=True), start)
             words = None
             if seg.words is not None:
-                words = [
-                    Word(
-                        start=layout.original_time(w.start),
-                        end=layout.original_time(w.end, is_end=True),
-                        word=w.word,
-                        probability=w.probability,
-                    )
-                    for w in seg.words
-                ]
+                words = []
+                at = start
+                for w in seg.words:
+                    w_start = min(max(inside(w.start), at), end)
+                    w_end = min(max(inside(w.end, is_end=True), w_start), end)
+                    words.append(Word(w_start, w_end, w.word, w.probability))
+                    at = w_end
             segments.append(
                 Segment(
                     id=len(segments),
-                    start=layout.original_time(seg.start),
-                    end=layout.original_time(seg.end, is_end=True),
+                    start=start,
+                    end=end,
                     text=seg.text,
                     words=words,
+                    language=chunk.language if prepared.multilingual else None,
                 )
             )
+            last = end
     text = "".join(seg.text for seg in segments).strip()
-    return Transcript(
-        text=text,
-        segments=segments,
-        language=prepared.language,
-        duration=round(prepared.layout.duration, 3),
-    )
+    return Transcript(text=text, segments=segments, language=prepared.language, duration=duration)

@@ -9,6 +9,7 @@ Errors take OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -66,8 +67,14 @@ def error_body(status_code: int, message: str, param: str | None = None) -> dict
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def job_options(fields: dict[str, str], task: str, settings: Settings) -> dict[str, Any]:
-    """Map OpenAI's form fields onto this server's job options."""
+PACK_HEADER = "X-Whisper-Pack"
+PACK_GROUP_HEADER = "X-Whisper-Pack-Group"
+
+
+def job_options(
+    fields: dict[str, str], task: str, settings: Settings, headers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Map OpenAI's form fields (and our packing headers) onto this server's job options."""
     model = fields.get("model", MODEL_ALIASES[0])
     if model not in (*MODEL_ALIASES, settings.whisper_model):
         raise UploadError(
@@ -98,7 +105,18 @@ def job_options(fields: dict[str, str], task: str, settings: Settings) -> dict[s
         options["initial_prompt"] = fields["prompt"]
     if task == "transcribe" and fields.get("language"):
         options["language"] = fields["language"]
-    return parse_options(options)
+    # OpenAI's form has no packing fields: two headers stand for /transcribe's.
+    for header, option in ((PACK_HEADER, "pack"), (PACK_GROUP_HEADER, "pack_group")):
+        if headers is not None and header in headers:
+            options[option] = headers[header]
+    try:
+        return parse_options(options)
+    except UploadError as exc:
+        for header, option in ((PACK_HEADER, "pack"), (PACK_GROUP_HEADER, "pack_group")):
+            if f"{option}:" in exc.message:
+                message = exc.message.replace(f"{option}:", f"{header}:")
+                raise UploadError(400, message, header) from None
+        raise
 
 
 async def _run(
@@ -113,7 +131,7 @@ async def _run(
 
     def options_from(form: dict[str, str]) -> dict[str, Any]:
         fields.update(form)
-        return job_options(form, task, settings)
+        return job_options(form, task, settings, request.headers)
 
     job, _created = await accept_job(
         request,

@@ -26,6 +26,29 @@ class JobOptions(BaseModel):
     initial_prompt: str | None = Field(
         default=None, max_length=1000, description="words to prime the model with (names, terms)"
     )
+    hotwords: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="words to favour (names, terms), as faster-whisper's hotwords",
+    )
+    multilingual: bool = Field(
+        default=False,
+        description="detect the language of every 30 s window, not only the first "
+        "(mixed-language audio; each segment says its language)",
+    )
+    pack: bool = Field(
+        default=True,
+        description="a short job may share an encoder pass with other short jobs of the "
+        "same API key and pack_group (its decode still hears only its own audio); "
+        "false: never",
+    )
+    pack_group: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:@-]*$",
+        description="a finer packing group than the API key (an end user or tenant id): "
+        "only jobs of the same key and group share an encoder pass",
+    )
 
     @field_validator("language")
     @classmethod

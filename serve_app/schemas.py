@@ -23,6 +23,9 @@ class SegmentPublic(BaseModel):
     end: float
     text: str
     words: list[WordPublic] | None = Field(default=None, description="with word_timestamps=true")
+    language: str | None = Field(
+        default=None, description="with multilingual=true: the language spoken in this segment"
+    )
 
 
 class WebhookPublic(BaseModel):

@@ -27,6 +27,9 @@ TIME_PRECISION = 0.02
 """Seconds per timestamp token."""
 ALIGN_FRAMES_PER_SECOND = 50
 """Encoder positions per second (the second convolution has stride 2)."""
+SAMPLING_SEED = 0
+"""Temperature fallback samples from this seed at every call: a file decoded
+twice gives the same text."""
 MAX_LENGTH = 448
 """Whisper's longest token sequence, prompt included."""
 

@@ -78,10 +78,13 @@ class WhisperTokenizer:
     def decode(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode([t for t in tokens if t < self.eot]))
 
-    def prompt(self, initial_prompt: str | None) -> list[int]:
-        """The decoder prompt: previous text (at most half the context), then the start."""
-        previous = self.encode(" " + initial_prompt.strip()) if initial_prompt else []
-        head = [self.sot_prev, *previous[-(MAX_LENGTH // 2 - 1) :]] if previous else []
+    def prompt(self, initial_prompt: str | None, hotwords: str | None = None) -> list[int]:
+        """The decoder prompt: hotwords and previous text (each at most half the
+        context, as faster-whisper builds it), then the start."""
+        half = MAX_LENGTH // 2 - 1
+        favoured = self.encode(" " + hotwords.strip())[:half] if hotwords else []
+        previous = self.encode(" " + initial_prompt.strip())[-half:] if initial_prompt else []
+        head = [self.sot_prev, *favoured, *previous] if favoured or previous else []
         return head + self.sot_sequence
 
     def after(self, prompt: list[int], text: list[int]) -> list[int]:

@@ -440,6 +440,10 @@ def test_job_options_travel_to_the_engine(tmp_path: Path) -> None:
             "vad_filter": "false",
             "initial_prompt": "PILOTYS",
             "word_timestamps": "true",
+            "hotwords": "Pilotys Lyon",
+            "multilingual": "true",
+            "pack": "false",
+            "pack_group": "tenant-42",
         }
         r = c.post(
             "/transcribe", headers=AUTH, files={"file": ("a.flac", JFK.read_bytes())}, data=form
@@ -453,6 +457,10 @@ def test_job_options_travel_to_the_engine(tmp_path: Path) -> None:
             "vad_filter": False,
             "initial_prompt": "PILOTYS",
             "word_timestamps": True,
+            "hotwords": "Pilotys Lyon",
+            "multilingual": True,
+            "pack": False,
+            "pack_group": "tenant-42",
         }
     ]
     assert done["segments"][0]["words"] == [
@@ -468,6 +476,11 @@ def test_job_options_travel_to_the_engine(tmp_path: Path) -> None:
         ({"vad_filter": "perhaps"}, "vad_filter"),
         ({"colour": "red"}, "colour"),
         ({"initial_prompt": "x" * 1001}, "initial_prompt"),
+        ({"hotwords": "x" * 1001}, "hotwords"),
+        ({"multilingual": "both"}, "multilingual"),
+        ({"pack": "sometimes"}, "pack"),
+        ({"pack_group": "tenant 42\r\nX-Evil: 1"}, "pack_group"),
+        ({"pack_group": "x" * 129}, "pack_group"),
     ],
 )
 def test_bad_options_are_400_and_leave_nothing(

@@ -11,6 +11,7 @@ import jiwer
 import numpy as np
 import pytest
 
+from deployments.audio import decode
 from deployments.engine import WhisperEngine, before_loop
 from deployments.interface import AudioError, Chunk, EngineConfig, TranscribeOptions, assemble
 from deployments.models import ModelNotAvailable, resolve_model
@@ -215,3 +216,26 @@ def test_a_long_file_loses_nothing_where_whisper_ends_a_window_early(
     assert jiwer.wer(" ".join([JFK_TEXT] * 24), heard) < 0.03
     ends = [(s["start"], s["end"]) for s in result["segments"]]
     assert all(a[1] <= b[0] + 0.01 for a, b in itertools.pairwise(ends))
+
+
+def test_times_are_monotonic_and_inside_the_audio(engine: WhisperEngine) -> None:
+    """Real speech over several 30 s windows, cut every 30 s, with word times.
+
+    (Before, a window's last segment could end past its window, and a decode
+    that went on where Whisper stopped could start before the last segment's
+    end: 120.58 s followed by 120.0 s.)
+    """
+    names = ["1088-134315-0000.wav", "2412-153948-0000.flac", "1088-134315-0000-reverb.wav"]
+    speech = np.concatenate([decode(str(DATA / "real" / n)) for n in names] * 3)
+    for vad_filter, word_timestamps in itertools.product((False, True), (True, False)):
+        result = transcribe(
+            engine, wav_bytes(speech), vad_filter=vad_filter, word_timestamps=word_timestamps
+        )
+        last = 0.0
+        for s in result["segments"]:
+            assert last <= s["start"] <= s["end"] <= result["duration"], (last, s)
+            last = s["end"]
+            at = s["start"]
+            for w in s["words"] or []:
+                assert at <= w["start"] <= w["end"] <= s["end"], (at, w, s["start"], s["end"])
+                at = w["end"]

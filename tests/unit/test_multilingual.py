@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import jiwer
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from deployments.audio import decode
 from deployments.engine import WhisperEngine
+from deployments.engines.contract import SAMPLE_RATE
 from deployments.interface import EngineConfig, TranscribeOptions, assemble
 from deployments.transcriber import Transcriber
 from serve_app.main import create_app
-from tests.audio_util import DATA, words
+from tests.audio_util import DATA, JFK, wav_bytes, words
 from tests.fakes import LocalClient
 from tests.unit.test_api import AUTH, make_settings
 
@@ -64,3 +67,40 @@ def test_a_french_job_through_the_api(tmp_path: Path) -> None:
         assert "bonjour" in words(job["text"])
         srt = c.get(f"/transcribe/{job['job_id']}?format=srt", headers=AUTH).text
         assert srt.startswith("1\n00:00:0") and "Bonjour" in srt
+
+
+def test_multilingual_gives_each_window_its_own_language(engine: WhisperEngine) -> None:
+    """English then French, a 30 s window each (faster-whisper's ``multilingual``)."""
+    english = decode(str(JFK))
+    pad = np.zeros(30 * SAMPLE_RATE - english.shape[0], dtype=np.float32)
+    audio = wav_bytes(np.concatenate([english, pad, decode(str(FRENCH))]))
+    both = TranscribeOptions(vad_filter=False, multilingual=True)
+    prepared = engine.prepare(audio, both)
+    assert [c.language for c in prepared.chunks] == ["en", "fr"]
+    result = assemble(prepared, engine.run_batch(prepared.chunks)).to_dict()
+    spoken = {s["language"] for s in result["segments"]}  # type: ignore[index]
+    assert spoken == {"en", "fr"}, result["segments"]
+    french = " ".join(s["text"] for s in result["segments"] if s["language"] == "fr")  # type: ignore[index]
+    assert "commence maintenant" in words(french) and "budget" in words(french), french
+    # Without it, the whole file is in the first window's language.
+    once = engine.prepare(audio, TranscribeOptions(vad_filter=False))
+    assert [c.language for c in once.chunks] == ["en", "en"]
+    plain = assemble(once, engine.run_batch(once.chunks)).to_dict()
+    assert all("language" not in s for s in plain["segments"])  # type: ignore[union-attr]
+
+
+def test_hotwords_go_before_the_previous_text(engine: WhisperEngine) -> None:
+    tokenizer = engine._tokenizer("fr", "transcribe")
+    prompt = tokenizer.prompt("la réunion", "Pilotys")
+    assert prompt[0] == tokenizer.sot_prev
+    head = prompt[1 : prompt.index(tokenizer.sot)]
+    assert head == tokenizer.encode(" Pilotys") + tokenizer.encode(" la réunion")
+    assert tokenizer.prompt(None, None) == tokenizer.sot_sequence
+    chunk = engine.prepare(FRENCH.read_bytes(), TranscribeOptions(hotwords="Pilotys")).chunks[0]
+    assert chunk.prompt[1 : 1 + len(tokenizer.encode(" Pilotys"))] == tokenizer.encode(" Pilotys")
+
+
+def test_a_job_that_opts_out_of_packing_is_never_packed(engine: WhisperEngine) -> None:
+    out = engine.prepare(FRENCH.read_bytes(), TranscribeOptions(pack=False)).chunks[0]
+    assert not out.packable
+    assert engine.prepare(FRENCH.read_bytes(), TranscribeOptions()).chunks[0].packable

@@ -62,6 +62,22 @@ def test_options_map_onto_the_job(sdk: openai.OpenAI, recording: Recording) -> N
     ]
 
 
+def test_packing_headers_map_onto_the_job(sdk: openai.OpenAI, recording: Recording) -> None:
+    with JFK.open("rb") as f:
+        sdk.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            extra_headers={"X-Whisper-Pack": "false", "X-Whisper-Pack-Group": "user-7"},
+        )
+    assert recording.options == [{"pack": False, "pack_group": "user-7"}]
+    with JFK.open("rb") as f, pytest.raises(openai.BadRequestError) as caught:
+        sdk.audio.transcriptions.create(
+            model="whisper-1", file=f, extra_headers={"X-Whisper-Pack": "maybe"}
+        )
+    assert caught.value.body["param"] == "X-Whisper-Pack"  # type: ignore[index]
+    assert "X-Whisper-Pack" in caught.value.body["message"]  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "param"),
     [

@@ -17,6 +17,7 @@ from faster_whisper.audio import pad_or_trim
 from deployments.engines.contract import (
     FRAMES_PER_SECOND,
     SAMPLE_RATE,
+    SAMPLING_SEED,
     WINDOW_S,
     Alignment,
     Generated,
@@ -65,6 +66,7 @@ class CTranslate2Whisper:
         self.multilingual = bool(self.model.model.is_multilingual)
         self.languages = tuple(self.model.supported_languages) if self.multilingual else ("en",)
         self.tokenizer_json = str(Path(path) / "tokenizer.json")
+        self._sot = int(self.model.hf_tokenizer.token_to_id("<|startoftranscript|>"))
         self.loaded = Loaded(
             engine="ctranslate2",
             device=config.device,
@@ -142,16 +144,34 @@ class CTranslate2Whisper:
             if temperature > 0
             else {"beam_size": beam_size}
         )  # fmt: skip
-        results = self.model.model.generate(
-            self._windows(encoded, range(len(prompts)) if rows is None else rows, spans),
-            list(prompts),
-            max_length=max_length,
-            **sampling,
-            suppress_blank=True,
-            suppress_tokens=[-1],
-            return_scores=True,
-            return_no_speech_prob=True,
-        )
+        if temperature > 0:
+            import ctranslate2
+
+            ctranslate2.set_random_seed(SAMPLING_SEED)  # the same audio, the same text
+        windows = list(range(len(prompts))) if rows is None else list(rows)
+        # CTranslate2 decodes together only prompts whose start token is at the
+        # same place (as much previous text): one call per such group.
+        groups: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            groups.setdefault(prompt.index(self._sot), []).append(i)
+        results: list[Any] = [None] * len(prompts)
+        for members in groups.values():
+            decoded = self.model.model.generate(
+                self._windows(
+                    encoded,
+                    [windows[i] for i in members],
+                    None if spans is None else [spans[i] for i in members],
+                ),
+                [prompts[i] for i in members],
+                max_length=max_length,
+                **sampling,
+                suppress_blank=True,
+                suppress_tokens=[-1],
+                return_scores=True,
+                return_no_speech_prob=True,
+            )
+            for i, result in zip(members, decoded, strict=True):
+                results[i] = result
         return [
             Generated(
                 tokens=list(r.sequences_ids[0]),

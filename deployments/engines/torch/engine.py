@@ -31,6 +31,7 @@ from deployments.engines import timing
 from deployments.engines.contract import (
     N_FRAMES,
     SAMPLE_RATE,
+    SAMPLING_SEED,
     WINDOW_S,
     Alignment,
     Generated,
@@ -267,6 +268,7 @@ class TorchWhisper:
         temperature: float = 0.0,
     ) -> list[Generated]:
         """Beam search, greedy (``beam_size`` 1), or sampling at ``temperature`` > 0."""
+        seeded = torch.Generator(device=self.device).manual_seed(SAMPLING_SEED)
         n = len(prompts)
         beams = max(1, beam_size)
         sot = self._special["sot"]
@@ -298,7 +300,8 @@ class TorchWhisper:
             )
             if beams == 1:
                 if temperature > 0:
-                    best = torch.multinomial(torch.softmax(logprobs / temperature, dim=-1), 1)[:, 0]
+                    probs = torch.softmax(logprobs / temperature, dim=-1)
+                    best = torch.multinomial(probs, 1, generator=seeded)[:, 0]
                 else:
                     best = logprobs.argmax(dim=-1)
                 picked = logprobs.gather(1, best[:, None])[:, 0]
