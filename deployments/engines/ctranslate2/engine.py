@@ -144,11 +144,27 @@ class CTranslate2Whisper:
             if temperature > 0
             else {"beam_size": beam_size}
         )  # fmt: skip
+        windows = list(range(len(prompts))) if rows is None else list(rows)
+        if temperature > 0 and len(prompts) > 1:
+            # Each prompt samples on its own from the seed: the same audio gives
+            # the same text whatever it is batched with (fallbacks are rare).
+            return [
+                self.generate(
+                    encoded,
+                    [prompt],
+                    beam_size=beam_size,
+                    max_length=max_length,
+                    rows=[windows[i]],
+                    spans=None if spans is None else [spans[i]],
+                    temperature=temperature,
+                    best_of=best_of,
+                )[0]
+                for i, prompt in enumerate(prompts)
+            ]
         if temperature > 0:
             import ctranslate2
 
-            ctranslate2.set_random_seed(SAMPLING_SEED)  # the same audio, the same text
-        windows = list(range(len(prompts))) if rows is None else list(rows)
+            ctranslate2.set_random_seed(SAMPLING_SEED)
         # CTranslate2 decodes together only prompts whose start token is at the
         # same place (as much previous text): one call per such group.
         groups: dict[int, list[int]] = {}

@@ -199,6 +199,18 @@ class TorchWhisper:
         )
         if temperature <= 0:
             return self._decode_groups(hidden, list(prompts), beam_size, max_length, 0.0)
+        if len(prompts) > 1:  # each prompt samples on its own from the seed
+            return [
+                self.generate(
+                    TorchEncoded(hidden[i : i + 1]),
+                    [prompt],
+                    beam_size=beam_size,
+                    max_length=max_length,
+                    temperature=temperature,
+                    best_of=best_of,
+                )[0]
+                for i, prompt in enumerate(prompts)
+            ]
         # best_of samples of each prompt, the likeliest kept.
         samples = self._decode_groups(
             hidden.repeat_interleave(best_of, dim=0),
