@@ -13,7 +13,8 @@ Each packed job is compared with the same clip decoded alone:
   round does (another job's words);
 - ``empty``: no text, where the clip alone has some;
 - ``lost_edge``: its first or last word (alone) is missing;
-- WER against alone (mean per job) and against plain faster-whisper.
+- WER against alone (mean per job) and against plain faster-whisper; and, for scale,
+  the clips alone with 0.1 s of silence around them against alone.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import jiwer
+import numpy as np
 
 from deployments.engine import WhisperEngine
+from deployments.engines.contract import SAMPLE_RATE
 from deployments.interface import Chunk, EngineConfig, TranscribeOptions
+from deployments.packing import Packing
 from tests.audio_util import judge, real_clips, wav_bytes, words
 
 RESULTS = Path(__file__).parent / "results"
@@ -69,6 +73,15 @@ def measure(engine: WhisperEngine, rounds: int, jobs: int, seed: int = 0) -> dic
         chunk.pack_key = "one-key"
     alone = solo_texts(engine, chunks)
     plain = plain_texts(clips)
+    # For scale: the same clips alone with 0.1 s of silence added before and after.
+    pad = np.zeros(int(0.1 * SAMPLE_RATE), dtype=np.float32)
+    padded = solo_texts(
+        engine,
+        [
+            engine.prepare(wav_bytes(np.concatenate([pad, s, pad])), options).chunks[0]
+            for _n, s in clips
+        ],
+    )
     rng = random.Random(seed)
     counts = collections.Counter[str]()
     wer_alone: list[float] = []
@@ -115,6 +128,12 @@ def measure(engine: WhisperEngine, rounds: int, jobs: int, seed: int = 0) -> dic
         "mean_wer_packed_vs_alone": round(statistics.mean(wer_alone), 4),
         "mean_wer_packed_vs_plain": round(statistics.mean(wer_packed), 4),
         "mean_wer_alone_vs_plain": round(statistics.mean(solo_vs_plain), 4),
+        "mean_wer_alone_padded_vs_alone": round(
+            statistics.mean(
+                jiwer.wer(a, p) if a else float(bool(p)) for a, p in zip(alone, padded, strict=True)
+            ),
+            4,
+        ),
         "decode_s": round(seconds, 1),
         "examples": bad[:40],
     }
@@ -128,6 +147,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     engine = WhisperEngine(EngineConfig(model="tiny.en", cpu_threads=2))
+    engine.set_packing(Packing(enabled=True))
     result = measure(engine, args.rounds, args.jobs, args.seed)
     result["machine"] = f"{platform.machine()}, {platform.processor() or 'cpu'}"
     summary = {k: v for k, v in result.items() if k != "examples"}

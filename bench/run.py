@@ -31,6 +31,7 @@ import httpx
 import jiwer
 
 from bench.clips import Clip, make_clips
+from bench.packing import measure as measure_packing
 from deployments.engine import WhisperEngine
 from deployments.interface import EngineConfig, TranscribeOptions, assemble
 from deployments.models import resolve_model
@@ -231,7 +232,9 @@ def sustained(url: str, clips: list[Clip], seconds: float, concurrency: int) -> 
     }
 
 
-def run_server(clips: list[Clip], threads: int, port: int, sustain_s: float) -> dict[str, Any]:
+def run_server(
+    clips: list[Clip], threads: int, port: int, sustain_s: float, packing: bool
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="whisper-bench-"))
     many_keys = [f"bench-key-{i}" for i in range(32)]
     server = ServeProcess(
@@ -242,7 +245,7 @@ def run_server(clips: list[Clip], threads: int, port: int, sustain_s: float) -> 
             "WHISPER_CPU_THREADS": str(threads),
         },
         port=port,
-        config=config_on_port(work, port),
+        config=config_on_port(work, port, whisper={"pack_short_jobs": packing}),
     )
     server.start()
     out: dict[str, Any] = {}
@@ -322,7 +325,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_xticks([1, 8, 32], ["1", "8", "32"])
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("audio seconds per second")
-    ax.set_title(f"tiny.en int8, {result['machine']['cpus']} CPU cores, 32 short clips")
+    packing = "packing on" if result.get("server_packs_short_jobs") else "packing off (default)"
+    ax.set_title(
+        f"tiny.en int8, {result['machine']['cpus']} CPU cores, 32 short clips, server {packing}"
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -336,6 +342,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--sustain", type=float, default=45, help="seconds of sustained load")
     parser.add_argument("--no-server", action="store_true", help="only (a) and (b)")
+    parser.add_argument(
+        "--pack", action="store_true", help="the server packs short jobs (pack_short_jobs: true)"
+    )
+    parser.add_argument(
+        "--real-rounds",
+        type=int,
+        default=17,
+        help="rounds of 30 packed jobs of real speech (bench/packing.py); 0: none",
+    )
     args = parser.parse_args()
 
     clips = make_clips(32)
@@ -347,6 +362,7 @@ def main() -> None:
         "threads": args.threads,
         "clips": len(clips),
         "audio_seconds": round(audio, 2),
+        "server_packs_short_jobs": args.pack,
     }
     print(f"{len(clips)} clips, {audio:.1f} s of audio, {args.threads} threads")
     # The baselines run before the server and again after it (the machine's
@@ -356,8 +372,15 @@ def main() -> None:
     result["engine_no_packing"] = run_engine(clips, args.threads, packing=False, batch=32, orders=1)
     print("plain:", plain[0]["wall_s"], "s; engine:", engine[0]["wall_s"], "s; unpacked",
           result["engine_no_packing"]["wall_s"])  # fmt: skip
+    if args.real_rounds:
+        # Real speech: packed jobs against the same clips alone (bench/packing.py).
+        real = WhisperEngine(EngineConfig(model="tiny.en", cpu_threads=args.threads))
+        real.set_packing(Packing(enabled=True))
+        measured = measure_packing(real, args.real_rounds, 30)
+        result["real_speech_packing"] = {k: v for k, v in measured.items() if k != "examples"}
+        del real
     if not args.no_server:
-        result["server"] = run_server(clips, args.threads, args.port, args.sustain)
+        result["server"] = run_server(clips, args.threads, args.port, args.sustain, args.pack)
         plain.append(run_plain(clips, args.threads))
         engine.append(run_engine(clips, args.threads, packing=True, batch=32))
         print("after the server: plain", plain[1]["wall_s"], "s; engine", engine[1]["wall_s"], "s")
@@ -393,6 +416,16 @@ def summarize(result: dict[str, Any]) -> None:
         "wer_plain": result["plain"]["wer"]["mean_per_clip"],
         "wer_engine": result["engine"]["wer"]["mean_per_clip"],
     }
+    real = result.get("real_speech_packing")
+    if real:
+        summary["real_packed_jobs"] = real["jobs"]
+        summary["real_packed_vs_alone_wer"] = real["mean_wer_packed_vs_alone"]
+        summary["real_packed_foreign_empty_lost"] = [
+            real["foreign"],
+            real["empty"],
+            real["lost_edge"],
+        ]
+        summary["real_decoded_alone_by_guard"] = real["decoded_alone_by_guard"]
     server = result.get("server")
     if server:
         walls: dict[str, list[float]] = {}

@@ -36,7 +36,8 @@ REACH_SLACK_S = 1.0
 class Packing:
     """Live-tunable packing (``user_config``)."""
 
-    enabled: bool = True
+    enabled: bool = False
+    """Off by default (README, "Packing"); serve_config's pack_short_jobs."""
     window_s: float = 28.0
 
     @property

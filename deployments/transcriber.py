@@ -48,7 +48,7 @@ class BatchConfig(BaseModel):
     """How long a batch waits to fill, from its oldest chunk's arrival."""
     batch_wait_busy_s: float = Field(default=0.75, ge=0, le=5)
     """The same wait while more jobs are on their way: fuller batches, fewer windows."""
-    pack_short_jobs: bool = True
+    pack_short_jobs: bool = False
     """Lay short jobs of one owner with the same options into shared windows."""
     pack_window_s: float = Field(default=28.0, ge=5, le=30)
     """Longest packed window, in seconds (Whisper's window is 30 s)."""

@@ -1,4 +1,5 @@
-"""One real server for the whole session: `serve run serve_config.yaml`, as a user starts it."""
+"""One real server for the whole session: `serve run serve_config.yaml`, as a user starts it,
+with packing short jobs turned on (off by default; this tier tests it through the real app)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve.launcher import LaunchError, ServeProcess
+from tests.serve.launcher import LaunchError, ServeProcess, config_on_port
 
 PORT = 8000
 KEY = "serve-test-key-7f3a9c"
@@ -20,7 +21,7 @@ WEBHOOK_SECRET = "serve-test-whsec-91c4e0"
 
 
 class Server(ServeProcess):
-    """The session's server: the default config and port, with the test keys."""
+    """The session's server: the default config and port (packing on), with the test keys."""
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(
@@ -36,6 +37,7 @@ class Server(ServeProcess):
                 "WEBHOOK_SECRET": WEBHOOK_SECRET,
             },
             port=PORT,
+            config=config_on_port(workdir, PORT, whisper={"pack_short_jobs": True}),
         )
 
     def start(self, timeout: float = 240) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -33,10 +34,24 @@ def port_taken(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def config_on_port(workdir: Path, port: int, config: Path = ROOT / "serve_config.yaml") -> Path:
-    """serve_config.yaml with another HTTP port, for a server beside the default one."""
+def config_on_port(
+    workdir: Path,
+    port: int,
+    config: Path = ROOT / "serve_config.yaml",
+    whisper: dict[str, Any] | None = None,
+) -> Path:
+    """serve_config.yaml with another HTTP port (a server beside the default one), and
+    ``whisper`` merged into the Whisper deployment's user_config."""
     data = yaml.safe_load(config.read_text())
     data.setdefault("http_options", {})["port"] = port
+    for app in data.get("applications", []):
+        for deployment in app.get("deployments", []):
+            if (
+                whisper
+                and "user_config" in deployment
+                and "max_batch_size" in deployment["user_config"]
+            ):
+                deployment["user_config"].update(whisper)
     out = workdir / f"serve_config.{port}.yaml"
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out

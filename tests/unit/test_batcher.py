@@ -40,7 +40,7 @@ class Engine:
 
 def batcher(engine: Engine, coming: list[bool], **limits: float) -> ChunkBatcher:
     b = ChunkBatcher(engine.run, coming=lambda: coming[0])
-    b.limits = BatchLimits(packing=Packing(window_s=28.0), **limits)  # type: ignore[arg-type]
+    b.limits = BatchLimits(packing=Packing(enabled=True, window_s=28.0), **limits)  # type: ignore[arg-type]
     return b
 
 

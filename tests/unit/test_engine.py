@@ -23,7 +23,9 @@ pytestmark = pytest.mark.model
 
 @pytest.fixture(scope="module")
 def engine() -> WhisperEngine:
-    return WhisperEngine(EngineConfig(model="tiny.en", cpu_threads=2))
+    engine = WhisperEngine(EngineConfig(model="tiny.en", cpu_threads=2))
+    engine.set_packing(Packing(enabled=True))  # off by default; tested here
+    return engine
 
 
 def transcribe(engine: WhisperEngine, audio: bytes, **options: object) -> dict:

@@ -82,7 +82,9 @@ def test_a_segment_that_says_again_what_came_before_is_a_loop() -> None:
 
 @pytest.fixture(scope="module")
 def engine() -> WhisperEngine:
-    return WhisperEngine(EngineConfig(model="tiny.en", cpu_threads=2))
+    engine = WhisperEngine(EngineConfig(model="tiny.en", cpu_threads=2))
+    engine.set_packing(Packing(enabled=True))  # off by default
+    return engine
 
 
 @pytest.mark.model
@@ -130,7 +132,7 @@ def test_a_packed_clip_does_not_hear_its_neighbours(engine: WhisperEngine) -> No
     quiet = dataclasses.replace(
         short, samples=np.zeros(3 * SAMPLE_RATE, dtype=np.float32), duration=3.0
     )
-    assert len(plan_windows([short, quiet, short], Packing())) == 1
+    assert len(plan_windows([short, quiet, short], engine.packing)) == 1
     results = engine.run_batch([short, quiet, short])
     alone = engine.run_batch([dataclasses.replace(quiet, packable=False)])[0]
     heard = words(" ".join(s.text for s in results[1].segments))

@@ -13,6 +13,7 @@ from deployments.engine import WhisperEngine
 from deployments.engines import registry, timing
 from deployments.engines.tokenizer import WhisperTokenizer, load
 from deployments.interface import EngineConfig, TranscribeOptions, assemble
+from deployments.packing import Packing
 from tests.audio_util import DATA, JFK, words
 from tests.unit.test_multilingual import FRENCH_TEXT
 
@@ -27,10 +28,13 @@ FRENCH = DATA / "french.flac"
 
 def both(model: str) -> tuple[WhisperEngine, WhisperEngine]:
     common = {"model": model, "cpu_threads": 2, "cpu_nice": 0}
-    return (
+    engines = (
         WhisperEngine(EngineConfig(engine="ctranslate2", **common)),  # type: ignore[arg-type]
         WhisperEngine(EngineConfig(engine="torch", **common)),  # type: ignore[arg-type]
     )
+    for engine in engines:
+        engine.set_packing(Packing(enabled=True))  # short ones packed (off by default)
+    return engines
 
 
 @pytest.fixture(scope="module")
