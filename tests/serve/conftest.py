@@ -76,8 +76,8 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float = 180) -> dict:
     raise AssertionError(f"job {job_id} did not end in {timeout} s: {body}")
 
 
-def submit(client: httpx.Client, audio: bytes, name: str = "audio.wav") -> str:
-    r = client.post("/transcribe", files={"file": (name, audio)})
+def submit(client: httpx.Client, audio: bytes, name: str = "audio.wav", **fields: str) -> str:
+    r = client.post("/transcribe", files={"file": (name, audio)}, data=fields)
     assert r.status_code == 202, r.text
     assert r.json()["status"] == "queued"
     return str(r.json()["job_id"])
