@@ -199,7 +199,9 @@ def run_clients(
     }
 
 
-def sustained(url: str, clips: list[Clip], seconds: float, concurrency: int) -> dict[str, Any]:
+def sustained(
+    url: str, clips: list[Clip], seconds: float, concurrency: int, server_pid: int
+) -> dict[str, Any]:
     """Keep ``concurrency`` clients busy; sample the Transcriber's replica count."""
     stop = time.monotonic() + seconds
     samples: list[tuple[float, int]] = []
@@ -219,7 +221,8 @@ def sustained(url: str, clips: list[Clip], seconds: float, concurrency: int) -> 
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         futures = [pool.submit(worker, n) for n in range(concurrency)]
         while not all(f.done() for f in futures):
-            samples.append((round(time.monotonic() - begin, 1), len(replica_pids("Transcriber"))))
+            replicas = replica_pids("Transcriber", under=server_pid)
+            samples.append((round(time.monotonic() - begin, 1), len(replicas)))
             time.sleep(2)
         for f in futures:
             f.result()
@@ -277,7 +280,8 @@ def run_server(
         ]
         out["runs"].append(run_clients(server.url, clips, 32, many_keys, done_job))
         if sustain_s > 0:
-            out["sustained"] = sustained(server.url, clips, sustain_s, 64)
+            assert server.proc is not None
+            out["sustained"] = sustained(server.url, clips, sustain_s, 64, server.proc.pid)
     finally:
         server.stop()
     return out

@@ -21,12 +21,26 @@ class LaunchError(RuntimeError):
     """The server did not come up; the message holds the end of its output."""
 
 
-def replica_pids(deployment: str, app: str = "whisper") -> list[int]:
-    """Processes of a deployment's replicas on this machine."""
+def replica_pids(deployment: str, under: int, app: str = "whisper") -> list[int]:
+    """Processes of a deployment's replicas started under process ``under`` (our
+    `serve run`: Ray's raylet and its workers are its descendants), never another
+    server's on the same machine."""
     found = subprocess.run(
         ["pgrep", "-f", f"ServeReplica:{app}:{deployment}"], capture_output=True, text=True
     )
-    return [int(p) for p in found.stdout.split()]
+    return [int(p) for p in found.stdout.split() if under in _ancestors(int(p))]
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the name: ppid
+        chain.append(pid)
+    return chain
 
 
 def port_taken(port: int) -> bool:

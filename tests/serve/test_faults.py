@@ -25,12 +25,15 @@ def wait_status(client: httpx.Client, job_id: str, status: str, timeout: float =
         time.sleep(0.05)
 
 
-def test_killing_the_whisper_replica_mid_job_retries_the_job(client: httpx.Client) -> None:
+def test_killing_the_whisper_replica_mid_job_retries_the_job(
+    server: Server, client: httpx.Client
+) -> None:
     audio = long_jfk()
     ids = [submit(client, audio) for _ in range(3)]
     wait_status(client, ids[0], "processing")
     time.sleep(0.5)  # the replica is decoding now
-    pids = replica_pids("Transcriber")
+    assert server.proc is not None
+    pids = replica_pids("Transcriber", under=server.proc.pid)  # ours only
     assert pids, "no Transcriber replica process found"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
