@@ -54,6 +54,11 @@ def check_callback_url(url: str, settings: Settings) -> str:
         )
     if len(url) > MAX_URL_LENGTH:
         raise UploadError(400, f"callback_url is longer than {MAX_URL_LENGTH} characters")
+    if any(c.isspace() or not c.isprintable() for c in url.strip()):
+        # A tab, CR or LF inside would be refused by the HTTP client at every try.
+        raise UploadError(
+            400, "callback_url must not contain spaces or control characters", "callback_url"
+        )
     try:
         parts = urlsplit(url.strip())
         port = parts.port
@@ -125,7 +130,7 @@ async def post(
     }
     try:
         response = await client.post(url, content=body, headers=headers)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is not an HTTPError
         return type(exc).__name__
     if response.is_success:
         return None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
@@ -14,7 +16,7 @@ from pydantic import ValidationError
 from serve_app.main import create_app
 from serve_app.settings import Settings
 from serve_app.uploads import UploadError
-from serve_app.webhooks import check_callback_url, signature, verify
+from serve_app.webhooks import check_callback_url, post, signature, verify
 from tests.fakes import LocalClient
 from tests.receiver import Receiver
 from tests.unit.test_api import AUTH, JFK, KEY, make_settings, uploads
@@ -191,3 +193,29 @@ def test_a_pending_delivery_survives_a_restart(tmp_path: Path) -> None:
             body = wait_webhook(c, job_id, "delivered", timeout=30)
             assert body["webhook"]["attempts"] >= 2
     assert receiver.deliveries[-1].json["job_id"] == job_id
+
+
+@pytest.mark.parametrize("inside", ["\t", "\r\n", " ", "\x00"])
+def test_a_callback_url_with_a_space_or_control_character_is_refused(
+    tmp_path: Path, inside: str
+) -> None:
+    """(Before, it was accepted; every delivery then raised InvalidURL, uncaught.)"""
+    with app_with_fast_sweep(hooked(tmp_path)) as c:
+        r = c.post(
+            "/transcribe",
+            headers=AUTH,
+            files={"file": ("jfk.flac", JFK.read_bytes())},
+            data={"callback_url": f"http://127.0.0.1/hook{inside}X-Injected: 1"},
+        )
+        assert r.status_code == 400 and "control characters" in r.json()["detail"]
+        assert c.get("/transcribe", headers=AUTH).json()["jobs"] == []
+    assert uploads(tmp_path) == []
+
+
+def test_a_url_the_http_client_refuses_is_a_failed_try_not_an_exception() -> None:
+    async def one() -> str | None:
+        async with httpx.AsyncClient() as client:
+            return await post(client, "http://127.0.0.1/a\r\nb", b"{}", job_id="j", attempt=1,
+                              secret=SECRET)  # fmt: skip
+
+    assert asyncio.run(one()) == "InvalidURL"
