@@ -24,6 +24,9 @@ from serve_app.uploads import multipart_openapi
 logger = logging.getLogger("ray.serve.whisper.routes")
 
 MAX_WAIT_S = 60
+# Seconds a client polling a job still running is asked to wait (Retry-After).
+POLL_AGAIN_S = 1
+ENDED = (JobStatus.done, JobStatus.error)
 
 health_router = APIRouter()
 jobs_router = APIRouter(
@@ -160,6 +163,7 @@ def _read_cursor(cursor: str) -> tuple[float, str]:
 )
 async def get_job(
     job_id: str,
+    response: Response,
     owner: OwnerDep,
     store: StoreDep,
     dispatcher: DispatcherDep,
@@ -181,10 +185,13 @@ async def get_job(
     With ``wait=N`` the answer comes as soon as the job ends, or after N seconds.
     """
     job = await wait_for_end(store, dispatcher, job_id, owner, wait)
+    # A job still running: when to ask again (a client that can, asks with wait=N).
+    later = {} if job.status in ENDED else {"Retry-After": str(POLL_AGAIN_S)}
     if format == "json":
         public = JobPublic.from_job(job)
         if job.status == JobStatus.queued:
             public.queue_position = await asyncio.to_thread(store.queue_position, job)
+        response.headers.update(later)
         return public
     result = job.result
     if job.status != JobStatus.done or result is None:
@@ -192,6 +199,7 @@ async def get_job(
             status.HTTP_409_CONFLICT,
             f"the job is {job.status.value}: format={format} needs a done job "
             "(add wait=N to wait for it)",
+            headers=later,
         )
     body = render(format, str(result.get("text", "")), list(result.get("segments", [])))
     return Response(body, media_type=MEDIA_TYPES[format])

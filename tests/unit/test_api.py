@@ -554,6 +554,19 @@ def test_a_queued_job_shows_its_place_in_the_queue(tmp_path: Path) -> None:
     assert [j.get("queue_position") for j in jobs[1:]] == [1, 2]
 
 
+def test_a_status_read_of_a_job_still_running_says_when_to_ask_again(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path / "h"), Hanging())) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        running = c.get(f"/transcribe/{job_id}", headers=AUTH)
+        assert running.headers["Retry-After"] == "1"
+        early = c.get(f"/transcribe/{job_id}", headers=AUTH, params={"format": "srt"})
+        assert early.status_code == 409 and early.headers["Retry-After"] == "1"
+    with TestClient(create_app(make_settings(tmp_path / "d"), LocalClient())) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        assert wait_done(c, job_id)["status"] == "done"
+        assert "Retry-After" not in c.get(f"/transcribe/{job_id}", headers=AUTH).headers
+
+
 def test_a_long_poll_hears_of_a_job_another_gateway_ends(tmp_path: Path) -> None:
     """Two gateway replicas share the file: the waiting one learns of the end at once."""
     from serve_app.dispatcher import Dispatcher
