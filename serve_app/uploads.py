@@ -20,6 +20,12 @@ FILE_FIELD = "file"
 # when judging a declared Content-Length against the file limit.
 ENVELOPE_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 16 * 1024
+# Form fields beside the file, and the bytes of one part's headers: a form has a
+# dozen fields; more is an attack on the parser (30,000 fields were read whole).
+MAX_FIELDS = 64
+MAX_PART_HEADER_BYTES = 8 * 1024
+# RFC 2046: a boundary is 1 to 70 characters.
+MAX_BOUNDARY = 70
 
 
 class UploadError(Exception):
@@ -86,6 +92,7 @@ class _FormWriter:
         self._value = bytearray()
         self._out: IO[bytes] | None = None
         self._seen_file = False
+        self._parts = 0
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -99,9 +106,15 @@ class _FormWriter:
         }
 
     def _add(self, attr: str, data: bytes) -> None:
-        setattr(self, attr, getattr(self, attr) + data)
+        value = getattr(self, attr) + data
+        if len(value) > MAX_PART_HEADER_BYTES:
+            raise UploadError(400, f"a part's headers are over {MAX_PART_HEADER_BYTES} bytes")
+        setattr(self, attr, value)
 
     def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_FIELDS + 1:
+            raise UploadError(400, f"the form has more than {MAX_FIELDS} fields beside 'file'")
         self._headers, self._name, self._value = {}, None, bytearray()
 
     def _header_end(self) -> None:
@@ -165,9 +178,12 @@ async def receive_upload(
             "send the audio as multipart/form-data with a field named 'file' "
             "(curl -F 'file=@audio.mp3')",
         )
+    boundary = params[b"boundary"]
+    if not 0 < len(boundary) <= MAX_BOUNDARY:
+        raise UploadError(400, f"the multipart boundary must be 1 to {MAX_BOUNDARY} characters")
     upload = Upload(path=dest)
     writer = _FormWriter(upload, limit)
-    parser = MultipartParser(params[b"boundary"], writer.callbacks())  # type: ignore[arg-type]
+    parser = MultipartParser(boundary, writer.callbacks())  # type: ignore[arg-type]
     try:
         async for data in body:
             parser.write(data)

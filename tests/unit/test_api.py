@@ -150,6 +150,31 @@ def test_streamed_body_without_length_is_cut_at_the_limit(
     assert list((tmp_path / "uploads").iterdir()) == []
 
 
+SMALL_FIELD = b'--b\r\nContent-Disposition: form-data; name="task"\r\n\r\nx\r\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "boundary", "words"),
+    [
+        # 30,000 small fields (each under every limit) were read whole.
+        (SMALL_FIELD * 30_000, "b", "fields"),
+        # A boundary of 5,000 characters gave a 500.
+        (b"--" + b"b" * 5000 + b"\r\n", "b" * 5000, "boundary"),
+        (b'--b\r\nContent-Disposition: form-data; name="task"' + b"x" * 20_000, "b", "header"),
+    ],
+)
+def test_a_hostile_form_is_a_400_and_leaves_nothing(
+    client: TestClient, tmp_path: Path, body: bytes, boundary: str, words: str
+) -> None:
+    r = client.post(
+        "/transcribe",
+        headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        content=body,
+    )
+    assert r.status_code == 400 and words in r.json()["detail"], r.text
+    assert uploads(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     ("files", "status", "words"),
     [
