@@ -61,8 +61,10 @@ def test_chunks_of_two_jobs_in_one_batch_match_alone(engine: WhisperEngine) -> N
     mixed = engine.run_batch(a.chunks + b.chunks)
     together_a = assemble(a, mixed[: len(a.chunks)])
     together_b = assemble(b, mixed[len(a.chunks) :])
-    assert together_a.text == assemble(a, engine.run_batch(a.chunks)).text
-    assert together_b.text == assemble(b, engine.run_batch(b.chunks)).text
+    # The same words (CTranslate2's int8 numerics vary with the batch's shape, and a
+    # comma can come and go: "And so, my" against "And so my" in one suite run).
+    assert words(together_a.text) == words(assemble(a, engine.run_batch(a.chunks)).text)
+    assert words(together_b.text) == words(assemble(b, engine.run_batch(b.chunks)).text)
 
 
 def test_silence_gives_empty_text(engine: WhisperEngine) -> None:
