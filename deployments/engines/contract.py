@@ -9,7 +9,7 @@ engine is a thin adapter and another implements them in PyTorch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -153,11 +153,24 @@ class WhisperBackend(Protocol):
         ...
 
 
-def clip_frames(start: int, end: int) -> tuple[int, int]:
-    """The mel frames of samples ``[start, end)`` of a window: where a clip's own
-    features go (its feature extractor gives one frame per hop)."""
-    first = start // HOP_LENGTH
-    return first, first + (end - start) // HOP_LENGTH
+def window_features(
+    features_of: Callable[[list[np.ndarray]], Any],
+    windows: Sequence[np.ndarray],
+    clips: Sequence[Sequence[tuple[int, int]] | None] | None,
+) -> Any:
+    """An engine's log-mel features (windows x mels x frames, numpy or torch) for
+    ``encode``: ``features_of`` over each window, or, for a window of packed
+    clips, over each clip on its own, laid at its start frame (one frame per
+    hop), padding between."""
+    features = features_of(list(windows))
+    for i, ranges in enumerate(clips or []):
+        if ranges:
+            own = features_of([windows[i][a:b] for a, b in ranges])
+            features[i] = 0.0
+            for (a, b), clip in zip(ranges, own, strict=True):
+                first, last = a // HOP_LENGTH, a // HOP_LENGTH + (b - a) // HOP_LENGTH
+                features[i, :, first:last] = clip[:, : last - first]
+    return features
 
 
 def positions(seconds: float) -> int:

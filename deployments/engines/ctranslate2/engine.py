@@ -22,8 +22,8 @@ from deployments.engines.contract import (
     Alignment,
     Generated,
     Loaded,
-    clip_frames,
     silenced,
+    window_features,
 )
 
 if TYPE_CHECKING:
@@ -85,14 +85,7 @@ class CTranslate2Whisper:
         *,
         clips: Sequence[Sequence[tuple[int, int]] | None] | None = None,
     ) -> CT2Encoded:
-        features = self._features(windows)
-        for i, ranges in enumerate(clips or []):
-            if ranges:  # each clip's features on their own (contract)
-                own = self._features([windows[i][a:b] for a, b in ranges])
-                features[i] = 0.0
-                for (a, b), clip in zip(ranges, own, strict=True):
-                    first, last = clip_frames(a, b)
-                    features[i, :, first:last] = clip[:, : last - first]
+        features = window_features(self._features, windows, clips)
         return CT2Encoded(self.model.encode(features), features)
 
     def _windows(

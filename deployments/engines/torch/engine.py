@@ -36,8 +36,8 @@ from deployments.engines.contract import (
     Alignment,
     Generated,
     Loaded,
-    clip_frames,
     silenced,
+    window_features,
 )
 from deployments.engines.tokenizer import load as load_tokenizer
 from deployments.engines.torch.weights import PACKED, unpack_int8
@@ -168,14 +168,7 @@ class TorchWhisper:
         *,
         clips: Sequence[Sequence[tuple[int, int]] | None] | None = None,
     ) -> TorchEncoded:
-        features = self.features(windows)
-        for i, ranges in enumerate(clips or []):
-            if ranges:  # each clip's features on their own (contract)
-                own = self.features([windows[i][a:b] for a, b in ranges])
-                features[i] = 0.0
-                for (a, b), clip in zip(ranges, own, strict=True):
-                    first, last = clip_frames(a, b)
-                    features[i, :, first:last] = clip[:, : last - first]
+        features = window_features(self.features, windows, clips)
         features = features.to(self.dtype)
         return TorchEncoded(self.model.model.encoder(features).last_hidden_state)
 
