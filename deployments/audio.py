@@ -1,22 +1,24 @@
-"""Decoding and cutting audio into windows the encoder takes (<= 30 s)."""
+"""Decoding and cutting audio into windows the encoder takes (<= 30 s).
+
+PyAV and faster-whisper's VAD are imported when first used, so the pipeline
+(deployments/engine.py) loads on a machine with only an engine's packages
+(the GPU check, bench/gpu_check.py, runs it that way).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import av
 import numpy as np
-from faster_whisper.vad import (
-    SpeechTimestampsMap,
-    VadOptions,
-    collect_chunks,
-    get_speech_timestamps,
-)
 
 from deployments.engines.contract import SAMPLE_RATE, WINDOW_S
+
+if TYPE_CHECKING:
+    import av
+    from faster_whisper.vad import SpeechTimestampsMap
 
 
 class AudioTooLong(ValueError):
@@ -29,6 +31,8 @@ def decode(source: BinaryIO | str, *, max_seconds: float | None = None) -> np.nd
     Stops as soon as more than ``max_seconds`` come out, so a small file that
     expands to hours of audio costs at most that much memory.
     """
+    import av
+
     limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
     resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
     pieces: list[np.ndarray] = []
@@ -50,6 +54,8 @@ def decode(source: BinaryIO | str, *, max_seconds: float | None = None) -> np.nd
 
 def _skip_invalid(frames: Iterator[av.AudioFrame]) -> Iterator[av.AudioFrame]:
     """Skip frames FFmpeg cannot decode, as faster-whisper does."""
+    import av
+
     while True:
         try:
             yield next(frames)
@@ -73,6 +79,8 @@ class SpeechLayout:
 
     @cached_property
     def _map(self) -> SpeechTimestampsMap:
+        from faster_whisper.vad import SpeechTimestampsMap
+
         return SpeechTimestampsMap(self.speech, SAMPLE_RATE)
 
     def original_time(self, t: float, *, is_end: bool = False) -> float:
@@ -90,6 +98,8 @@ def split_speech(
     dropped and speech regions are packed into windows; without it, the audio
     is cut every 30 s.
     """
+    from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
     duration = samples.shape[0] / SAMPLE_RATE
     if vad_filter:
         speech = get_speech_timestamps(

@@ -138,3 +138,42 @@ def test_timestamps_split_segments_and_say_how_far_the_text_reached() -> None:
     closed = [b, *hello, b + 50, b + 60, *world, b + 100]
     segments, reached = timing.split_by_timestamps(tok, closed, time_offset=0.0, duration=30.0)
     assert reached == 30.0 and [s["end"] for s in segments] == [1.0, 2.0]
+
+
+def test_pipeline_loads_without_pyav_faster_whisper_or_ctranslate2() -> None:
+    """The GPU check runs the pipeline where only torch and transformers are installed."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "import deployments.engine, deployments.engines.torch.engine\n"
+        "print(sorted(m for m in ('av', 'faster_whisper', 'ctranslate2') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_beam_search_reorders_only_the_text_cache(
+    tiny: tuple[WhisperEngine, WhisperEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window's beams hear the same audio: moving the encoder's keys each step is waste."""
+    from transformers.cache_utils import DynamicCache
+
+    torch_engine = tiny[1]
+    moved: list[int] = []
+    original = DynamicCache.reorder_cache
+
+    def spy(self: DynamicCache, beam_idx: object) -> None:
+        moved.append(max(layer.keys.shape[2] for layer in self.layers))
+        original(self, beam_idx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DynamicCache, "reorder_cache", spy)
+    [result] = jobs(torch_engine, [JFK], beam_size=5)
+    assert "ask not what your country" in words(result["text"])
+    assert moved, "beam search reordered no cache"
+    # The self-attention cache holds the text so far (tens of positions);
+    # the cross-attention cache the encoder's 1500.
+    assert max(moved) < 1500
