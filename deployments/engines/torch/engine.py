@@ -330,7 +330,13 @@ class TorchWhisper:
                 )
                 if all(done):
                     break
-                cache.reorder_cache(torch.tensor(rows, device=self.device))  # type: ignore[arg-type]
+                # Only the text's keys and values follow the beams: a window's beams
+                # all hear the same encoder states (rows stay within their window), so
+                # the cross-attention cache needs no reordering (it was most of the
+                # time of a beam step on a GPU: 1500 positions per row and layer).
+                cache.self_attention_cache.reorder_cache(
+                    torch.tensor(rows, device=self.device)  # type: ignore[arg-type]
+                )
             tokens = torch.tensor(next_tokens, device=self.device)[:, None]
             logits = self.decoder_step(tokens, memory, cache)[:, -1].float()
         results = []
