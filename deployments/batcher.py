@@ -12,7 +12,11 @@ a CPU it has two workers, so a second batch may decode beside the first):
    has waited ``wait_s`` (``busy_wait_s`` while more chunks are on their way:
    jobs being prepared, uploads in progress). Under load the oldest chunk
    arrived during the last decode, so the next batch starts at once;
-2. while more chunks are on their way, hold back a packed window that is less
+2. take the windows of different owners (API keys) in turn: one window of
+   each owner that has any queued, then again, in arrival order within an
+   owner; a key with a long file queued does not hold back another key's
+   short job (issue 11: a 7,000 s file delayed another key's 2 s clip to 123 s);
+3. while more chunks are on their way, hold back a packed window that is less
    than half full: its chunks go first into the next batch, with the newcomers
    (each chunk is held back at most once, so none waits long).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -157,7 +162,7 @@ class ChunkBatcher:
         """
         limits = self.limits
         live, windows = self._plan()
-        chosen = windows[: limits.max_batch_size]
+        chosen = _in_turn(windows, [p.chunk.owner for p in live])[: limits.max_batch_size]
         held: set[int] = set()
         if self._coming() and limits.packing.enabled:
             # The last window of each packing key is the one still filling.
@@ -194,3 +199,16 @@ class ChunkBatcher:
                 )
             )
         return batch
+
+
+def _in_turn(windows: list[Window], owners: list[str]) -> list[Window]:
+    """Windows round-robin by owner (owners in order of their first window)."""
+    queues: dict[str, list[Window]] = {}
+    for window in windows:
+        queues.setdefault(owners[window.members[0]], []).append(window)
+    if len(queues) == 1:
+        return windows
+    out: list[Window] = []
+    for turn in itertools.zip_longest(*queues.values()):
+        out += [w for w in turn if w is not None]
+    return out

@@ -48,6 +48,8 @@ class Chunk:
     beam_size: int
     pack_key: str = ""
     """Chunks share a window only with the same key: the owner and the options."""
+    owner: str = ""
+    """Whose job (the API key's id): batches take owners' windows in turn."""
     packable: bool = False
     """The job's only chunk: it may share a window with other short jobs."""
     word_timestamps: bool = False

@@ -130,6 +130,7 @@ class Transcriber:
                 prepared = await asyncio.to_thread(self.engine.prepare, audio, opts)
                 for chunk in prepared.chunks:
                     chunk.pack_key = f"{owner}|{opts}"
+                    chunk.owner = owner
                 decoding = self._batcher.enqueue(prepared.chunks)
             finally:
                 # In the same step as the enqueue: a batch being filled never

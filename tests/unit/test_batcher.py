@@ -11,8 +11,9 @@ from deployments.interface import Chunk, ChunkResult
 from deployments.packing import Packing
 
 
-def clip(seconds: float, key: str = "owner") -> Chunk:
+def clip(seconds: float, key: str = "owner", owner: str = "") -> Chunk:
     return Chunk(
+        owner=owner,
         samples=np.zeros(int(seconds * 16000), dtype=np.float32),
         offset=0.0,
         duration=seconds,
@@ -175,3 +176,40 @@ def test_a_batch_holds_at_most_max_batch_size_windows_after_packing() -> None:
     asyncio.run(run())
     assert [len(batch) for batch in engine.batches] == [14, 2, 2, 2, 1]
     assert [s.windows for s in stats] == [2, 1, 2, 2, 1]
+
+
+def test_a_long_queue_of_one_owner_does_not_hold_back_another_owners_short_job() -> None:
+    """Issue 11: one key's 7,000 s file (234 chunks) delayed another key's 2 s clip to 123 s.
+
+    Batches take windows round-robin by owner: the other key's chunk goes into the
+    next batch, not after the long file.
+    """
+    engine = Engine(seconds=0.1)
+
+    async def run() -> None:
+        b = batcher(engine, [False], wait_s=0.0, max_batch_size=4)
+        long_file = b.enqueue([clip(30, key="a|opts", owner="a") for _ in range(20)])
+        await asyncio.sleep(0.03)  # the first batch (the long file's) is decoding
+        short = b.enqueue([clip(2, key="b|opts", owner="b")])
+        await asyncio.gather(*long_file, *short)
+
+    asyncio.run(run())
+    assert engine.batches[0] == [30] * 4
+    assert 2 in engine.batches[1], engine.batches
+    assert sum(len(batch) for batch in engine.batches) == 21
+
+
+def test_owners_take_turns_window_by_window() -> None:
+    engine = Engine(seconds=0.1)
+
+    async def run() -> None:
+        b = batcher(engine, [False], wait_s=0.0, max_batch_size=4)
+        futures = b.enqueue([clip(30, key="a", owner="a") for _ in range(6)])
+        futures += b.enqueue([clip(29, key="b", owner="b") for _ in range(6)])
+        futures += b.enqueue([clip(28, key="c", owner="c") for _ in range(1)])
+        await asyncio.gather(*futures)
+
+    asyncio.run(run())
+    # All arrived before the first batch formed: one window of each owner in turn.
+    assert sorted(engine.batches[0]) == [28, 29, 30, 30]
+    assert sorted(engine.batches[1]) == [29, 29, 30, 30]
