@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -101,6 +102,7 @@ class Dispatcher:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._receiving = 0
+        self._uploads_by_owner: collections.Counter[str] = collections.Counter()
         # Jobs started here (just accepted, or claimed by the sweep) and not yet
         # handed to the Transcriber.
         self._starting: set[str] = set()
@@ -126,13 +128,20 @@ class Dispatcher:
         await self.webhooks.stop()
 
     @contextlib.contextmanager
-    def receiving(self) -> Iterator[None]:
+    def receiving(self, owner: str) -> Iterator[None]:
         """Mark an upload in progress: the Transcriber is told more jobs are coming."""
         self._receiving += 1
+        self._uploads_by_owner[owner] += 1
         try:
             yield
         finally:
             self._receiving -= 1
+            self._uploads_by_owner[owner] -= 1
+            if not self._uploads_by_owner[owner]:
+                del self._uploads_by_owner[owner]
+
+    def uploads_in_progress(self, owner: str) -> int:
+        return self._uploads_by_owner[owner]
 
     def submit(self, job_id: str) -> None:
         """Start a job just accepted, if there is room; else the sweep takes it."""

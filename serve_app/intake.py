@@ -16,7 +16,14 @@ from typing import Any
 from fastapi import HTTPException, Request, status
 
 from serve_app.dispatcher import Dispatcher
-from serve_app.jobs import IdempotencyConflict, Job, JobStatus, JobStore, QueueFull
+from serve_app.jobs import (
+    IdempotencyConflict,
+    Job,
+    JobStatus,
+    JobStore,
+    OwnerQuotaFull,
+    QueueFull,
+)
 from serve_app.options import parse_options
 from serve_app.settings import Settings
 from serve_app.uploads import check_declared_length, probe_duration, receive_upload, too_long
@@ -29,13 +36,27 @@ RETRY_AFTER_S = 10
 WAIT_RECHECK_S = 2.0
 
 
-def queue_full(settings: Settings) -> HTTPException:
+def too_many(message: str) -> HTTPException:
+    """429 with Retry-After: a limit the client may try again under later."""
     return HTTPException(
         status.HTTP_429_TOO_MANY_REQUESTS,
-        f"the server has {settings.max_queued_jobs} jobs queued or running (MAX_QUEUED_JOBS); "
-        f"retry after {RETRY_AFTER_S} s",
+        f"{message}; retry after {RETRY_AFTER_S} s",
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def queue_full(settings: Settings) -> HTTPException:
+    return too_many(
+        f"the server has {settings.max_queued_jobs} jobs queued or running (MAX_QUEUED_JOBS)"
+    )
+
+
+def owner_quota_full(exc: OwnerQuotaFull) -> HTTPException:
+    what = {
+        "MAX_JOBS_PER_KEY": f"{exc.limit:g} jobs",
+        "MAX_QUEUED_AUDIO_S_PER_KEY": f"{exc.limit:g} s of audio",
+    }[exc.setting]
+    return too_many(f"this key has {what} queued or running at most ({exc.setting})")
 
 
 async def accept_job(
@@ -55,7 +76,11 @@ async def accept_job(
     job and False. Leaves no file behind when it refuses. ``takes_callback``:
     the form may carry a ``callback_url`` (checked against WEBHOOK_ALLOWED_HOSTS).
     """
-    with dispatcher.receiving():
+    if dispatcher.uploads_in_progress(owner) >= settings.max_uploads_per_key:
+        raise too_many(
+            f"this key has {settings.max_uploads_per_key} uploads in progress (MAX_UPLOADS_PER_KEY)"
+        )
+    with dispatcher.receiving(owner):
         limit = settings.max_file_bytes
         check_declared_length(request.headers.get("content-length"), limit)
         if idempotency_key is None and await asyncio.to_thread(store.count_active) >= (
@@ -66,7 +91,12 @@ async def accept_job(
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
         dest = settings.upload_dir / f"{job_id}.audio"
         upload = await receive_upload(
-            request.headers.get("content-type"), request.stream(), dest=dest, limit=limit
+            request.headers.get("content-type"),
+            request.stream(),
+            dest=dest,
+            limit=limit,
+            idle_s=settings.upload_idle_timeout_s,
+            total_s=settings.upload_timeout_s,
         )
         try:
             fields = dict(upload.fields)
@@ -87,6 +117,8 @@ async def accept_job(
                 options=options,
                 deadline_s=settings.job_deadline(duration),
                 max_active=settings.max_queued_jobs,
+                max_owner_jobs=settings.max_jobs_per_key,
+                max_owner_audio_s=settings.max_queued_audio_s_per_key,
                 idempotency_key=idempotency_key,
                 audio_sha256=upload.sha256,
                 callback_url=callback_url or None,
@@ -94,6 +126,9 @@ async def accept_job(
         except QueueFull:
             dest.unlink(missing_ok=True)
             raise queue_full(settings) from None
+        except OwnerQuotaFull as exc:
+            dest.unlink(missing_ok=True)
+            raise owner_quota_full(exc) from None
         except IdempotencyConflict:
             dest.unlink(missing_ok=True)
             raise HTTPException(

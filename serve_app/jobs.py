@@ -22,6 +22,15 @@ class QueueFull(Exception):
     """MAX_QUEUED_JOBS jobs are queued or running."""
 
 
+class OwnerQuotaFull(Exception):
+    """The owner has MAX_JOBS_PER_KEY jobs, or MAX_QUEUED_AUDIO_S_PER_KEY of audio, in flight."""
+
+    def __init__(self, setting: str, limit: float) -> None:
+        super().__init__(setting)
+        self.setting = setting
+        self.limit = limit
+
+
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with another file."""
 
@@ -165,6 +174,8 @@ class JobStore:
         options: dict[str, Any],
         deadline_s: float,
         max_active: int,
+        max_owner_jobs: int | None = None,
+        max_owner_audio_s: float | None = None,
         idempotency_key: str | None = None,
         audio_sha256: str | None = None,
         callback_url: str | None = None,
@@ -174,7 +185,9 @@ class JobStore:
         With an ``idempotency_key`` the owner used before, returns that job
         (created False) when the audio is the same, or raises
         IdempotencyConflict. Raises QueueFull when ``max_active`` jobs are
-        queued or running (counted in the same transaction as the insert).
+        queued or running, OwnerQuotaFull when the owner has ``max_owner_jobs``
+        jobs or ``max_owner_audio_s`` seconds of audio (with this job's) queued or
+        running (all counted in the same transaction as the insert).
         """
         now = time.time()
         job = Job(
@@ -197,6 +210,7 @@ class JobStore:
                     return self._replay(previous, audio_sha256)
                 if self._count_active(s) >= max_active:
                     raise QueueFull
+                self._check_owner(s, job, max_owner_jobs, max_owner_audio_s)
                 s.add(job)
         except IntegrityError:
             # Another gateway inserted the same key between our read and write.
@@ -220,6 +234,20 @@ class JobStore:
             return None
         query = select(Job).where(Job.owner == owner, Job.idempotency_key == key)
         return s.exec(query).first()
+
+    @staticmethod
+    def _check_owner(s: Session, job: Job, max_jobs: int | None, max_audio_s: float | None) -> None:
+        if max_jobs is None and max_audio_s is None:
+            return
+        active = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
+        query = select(func.count(), func.coalesce(func.sum(Job.duration), 0.0)).where(
+            active, Job.owner == job.owner
+        )
+        jobs, seconds = s.exec(query).one()
+        if max_jobs is not None and int(jobs) >= max_jobs:
+            raise OwnerQuotaFull("MAX_JOBS_PER_KEY", max_jobs)
+        if max_audio_s is not None and float(seconds or 0.0) + (job.duration or 0.0) > max_audio_s:
+            raise OwnerQuotaFull("MAX_QUEUED_AUDIO_S_PER_KEY", max_audio_s)
 
     @staticmethod
     def _count_active(s: Session) -> int:

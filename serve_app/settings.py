@@ -63,6 +63,21 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(default=1000, ge=1)
     """Jobs queued or running at once; past it a submit gets 429 with Retry-After."""
 
+    max_jobs_per_key: int = Field(default=100, ge=1)
+    """Jobs one API key may have queued or running at once; past it a submit gets 429."""
+
+    max_queued_audio_s_per_key: float = Field(default=4 * 3600, gt=0)
+    """Seconds of audio one API key may have queued or running; past it a submit gets 429."""
+
+    max_uploads_per_key: int = Field(default=8, ge=1)
+    """Uploads one API key may have in progress at once, per gateway replica; past it 429."""
+
+    upload_idle_timeout_s: float = Field(default=30, gt=0)
+    """An upload that sends nothing for this long is cut off (408)."""
+
+    upload_timeout_s: float = Field(default=600, gt=0)
+    """An upload must arrive whole within this long (25 MB in 600 s: 42 KB/s); else 408."""
+
     job_retention_hours: float | None = Field(default=None, gt=0)
     """Finished jobs and transcripts are deleted this long after they end; unset keeps them."""
 

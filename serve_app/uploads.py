@@ -6,7 +6,9 @@ body is parsed as it arrives and cut off at the limit.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,12 +166,55 @@ class _FormWriter:
         return self._seen_file
 
 
+def body_too_large(limit: int) -> UploadError:
+    return UploadError(
+        413,
+        f"the request body is over {_mb(limit + ENVELOPE_BYTES)}; the file limit is "
+        f"{limit / 1_000_000:g} MB (MAX_FILE_SIZE_MB)",
+    )
+
+
+async def _guarded(
+    body: AsyncIterator[bytes], *, limit: int, idle_s: float, total_s: float
+) -> AsyncIterator[bytes]:
+    """``body``, cut off when it stalls for ``idle_s``, lasts past ``total_s``, or grows
+    past the file limit plus the envelope (a chunked body declares no length)."""
+    deadline = time.monotonic() + total_s
+    received = 0
+    chunks = aiter(body)
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            data = await asyncio.wait_for(anext(chunks), min(idle_s, max(left, 0.0)))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if left <= idle_s:
+                raise UploadError(
+                    408, f"the upload did not arrive within {total_s:g} s (UPLOAD_TIMEOUT_S)"
+                ) from None
+            raise UploadError(
+                408, f"the upload sent nothing for {idle_s:g} s (UPLOAD_IDLE_TIMEOUT_S)"
+            ) from None
+        received += len(data)
+        if received > limit + ENVELOPE_BYTES:
+            raise body_too_large(limit)
+        yield data
+
+
 async def receive_upload(
-    content_type: str | None, body: AsyncIterator[bytes], *, dest: Path, limit: int
+    content_type: str | None,
+    body: AsyncIterator[bytes],
+    *,
+    dest: Path,
+    limit: int,
+    idle_s: float = 30.0,
+    total_s: float = 600.0,
 ) -> Upload:
     """Parse a multipart body as it streams in, writing field ``file`` to ``dest``.
 
-    Raises UploadError (and leaves no file behind) for anything it refuses.
+    Raises UploadError (and leaves no file behind) for anything it refuses,
+    among them a body that stalls for ``idle_s`` or takes longer than ``total_s``.
     """
     ctype, params = parse_options_header(content_type)
     if ctype != b"multipart/form-data" or b"boundary" not in params:
@@ -185,7 +230,7 @@ async def receive_upload(
     writer = _FormWriter(upload, limit)
     parser = MultipartParser(boundary, writer.callbacks())  # type: ignore[arg-type]
     try:
-        async for data in body:
+        async for data in _guarded(body, limit=limit, idle_s=idle_s, total_s=total_s):
             parser.write(data)
         parser.finalize()
         if not writer.seen_file:
