@@ -10,9 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve.launcher import LaunchError, ServeProcess, config_on_port
+from tests.serve.launcher import LaunchError, ServeProcess, config_on_port, free_port
 
-PORT = 8000
+PORT = free_port()
+"""Not 8000: another server may hold it."""
 KEY = "serve-test-key-7f3a9c"
 OTHER_KEY = "serve-test-other-key-52d1e8"
 ORIGIN = "https://app.pilotys.example"
@@ -21,7 +22,7 @@ WEBHOOK_SECRET = "serve-test-whsec-91c4e0"
 
 
 class Server(ServeProcess):
-    """The session's server: the default config and port (packing on), with the test keys."""
+    """The session's server: the default config on a free port (packing on), with the test keys."""
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(
@@ -35,6 +36,8 @@ class Server(ServeProcess):
                 "MAX_QUEUED_JOBS": str(MAX_QUEUED_JOBS),
                 "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
                 "WEBHOOK_SECRET": WEBHOOK_SECRET,
+                # As scripts/serve: Ray's own ports on loopback (README, "Ports").
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             },
             port=PORT,
             config=config_on_port(workdir, PORT, whisper={"pack_short_jobs": True}),

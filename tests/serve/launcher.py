@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -152,3 +153,103 @@ class ServeProcess:
         for logs in self.ray_logs:
             files += [p for p in logs.rglob("*") if p.is_file()]
         return files
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (8000 may be another server's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NginxFront:
+    """The bundled reverse proxy (configs/nginx) in front of a server, as docker-compose runs it.
+
+    The template is rendered as the nginx image does (``${PROXY_*}`` from the
+    environment) into a minimal nginx.conf under ``workdir``.
+    """
+
+    TEMPLATE = ROOT / "configs" / "nginx" / "default.conf.template"
+
+    def __init__(self, workdir: Path, upstream_port: int, max_body: str = "26m") -> None:
+        self.dir = workdir / "nginx"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.values = {
+            "PROXY_MAX_BODY": max_body,
+            "PROXY_UPSTREAM": f"127.0.0.1:{upstream_port}",
+            "PROXY_LISTEN": f"127.0.0.1:{self.port}",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        for sub in ("logs", "temp"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        site = self.TEMPLATE.read_text()
+        for name, value in self.values.items():
+            site = site.replace("${" + name + "}", value)
+        (self.dir / "site.conf").write_text(site)
+        temp = self.dir / "temp"
+        (self.dir / "nginx.conf").write_text(
+            f"pid {self.dir}/nginx.pid;\nerror_log {self.dir}/logs/error.log warn;\n"
+            "worker_processes 1;\nevents { worker_connections 1024; }\n"
+            f"http {{\n  access_log off;\n  client_body_temp_path {temp}/body;\n"
+            f"  proxy_temp_path {temp}/proxy;\n  fastcgi_temp_path {temp}/fastcgi;\n"
+            f"  uwsgi_temp_path {temp}/uwsgi;\n  scgi_temp_path {temp}/scgi;\n"
+            f"  include {self.dir}/site.conf;\n}}\n"
+        )
+        self.proc = subprocess.Popen(
+            [nginx, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.dir / "logs" / "stderr.log").open("ab"),
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while not port_taken(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise LaunchError(
+                    "nginx did not start:\n" + (self.dir / "logs" / "stderr.log").read_text()
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+
+def listening(under: int) -> list[tuple[str, int, str]]:
+    """TCP sockets listening in processes started under process ``under`` (our `serve
+    run`): (address, port, process name), from /proc (no tool needed)."""
+    owners: dict[str, str] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or under not in [int(proc.name), *_ancestors(int(proc.name))]:
+            continue
+        try:
+            name = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owners[target[8:-1]] = name
+        except OSError:
+            continue
+    found = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in owners:  # 0A: LISTEN
+                continue
+            hex_address, hex_port = fields[1].split(":")
+            found.append((_address(hex_address, width), int(hex_port, 16), owners[fields[9]]))
+    return found
+
+
+def _address(hex_address: str, width: int) -> str:
+    raw = bytes.fromhex(hex_address)
+    # /proc/net shows each 32-bit word in host (little-endian) order.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    if width == 8:
+        return socket.inet_ntop(socket.AF_INET, words)
+    address = socket.inet_ntop(socket.AF_INET6, words)
+    return address.removeprefix("::ffff:")

@@ -1,0 +1,161 @@
+"""Issue 11's attacks, by a black-box client on loopback, on both paths into the server.
+
+    .venv/bin/python -m bench.attacks [--out bench/results/attacks.json]
+
+Starts `serve run serve_config.yaml` (free port, as scripts/serve runs it) and the bundled
+nginx (configs/nginx) in front of it, then, on each path (Ray's proxy directly; nginx):
+a 480 MB chunked upload, 40 uploads of one key that declare 1,000 bytes and stop after
+150, and a key-less request with a 64 MB header (last: it raises the peaks measured).
+Meanwhile /health is asked every 0.1 s.
+For each attack: what the attacker got back, the slowest /health, another key's submit
+time (stalls), and the peak memory of Ray's HTTP proxy and the gateways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.serve.launcher import (
+    NginxFront,
+    ServeProcess,
+    _ancestors,
+    config_on_port,
+    free_port,
+)
+from tests.serve.test_front_door import HealthProbe, big_header, chunked_upload, status_of
+
+ROOT = Path(__file__).resolve().parent.parent
+JFK = ROOT / "tests" / "data" / "jfk.flac"
+KEY, OTHER = "bench-attack-key-1", "bench-attack-key-2"
+
+
+def memory_mib(root: int) -> dict[str, float]:
+    """Peak resident memory (VmHWM) of Ray's proxy and gateways started under ``root``."""
+    out: dict[str, float] = {}
+    for name in ("ProxyActor", "ServeReplica:whisper:Gateway"):
+        found = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True).stdout
+        peak = 0.0
+        for pid in (int(p) for p in found.split()):
+            if root not in _ancestors(pid):
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        out[name] = round(peak, 1)
+    return out
+
+
+def stalled(port: int, url: str) -> dict[str, Any]:
+    socks = []
+    for _ in range(40):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(
+            b"POST /transcribe HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {KEY}\r\n".encode()
+            + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000\r\n\r\n"
+            + (b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + b"\0" * 100)
+        )
+        socks.append(sock)
+    time.sleep(1.0)
+    codes = []
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            codes.append(status_of(sock.recv(4096)))
+        except BlockingIOError:
+            codes.append(0)
+    started = time.monotonic()
+    other = httpx.post(
+        f"{url}/transcribe",
+        headers={"Authorization": f"Bearer {OTHER}"},
+        files={"file": ("jfk.flac", JFK.read_bytes())},
+        timeout=120,
+    )
+    other_s = time.monotonic() - started
+    for sock in socks:
+        sock.close()
+    return {
+        "answers_after_1s": {str(c or "still open"): codes.count(c) for c in sorted(set(codes))},
+        "other_key_submit": other.status_code,
+        "other_key_submit_s": round(other_s, 3),
+    }
+
+
+def attack(name: str, port: int, url: str, root: int) -> dict[str, Any]:
+    before = memory_mib(root)
+    with HealthProbe(url) as probe:
+        started = time.monotonic()
+        if name == "header_64MB":
+            answer = big_header(port, 64)
+            result: dict[str, Any] = {"answer": status_of(answer)}
+        elif name == "chunked_480MB":
+            answer, sent = chunked_upload(port, KEY, 480)
+            result = {"answer": status_of(answer), "mb_sent_before_answer": sent}
+        else:
+            result = stalled(port, url)
+        result["attack_s"] = round(time.monotonic() - started, 3)
+    result["health_max_s"] = round(max(probe.latencies), 3)
+    result["health_codes"] = sorted(str(c) for c in probe.codes)
+    after = memory_mib(root)
+    result["peak_mib_growth"] = {k: round(after[k] - before[k], 1) for k in after}
+    print(name, json.dumps(result), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attacks.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="attacks-"))
+    port = free_port()
+    server = ServeProcess(
+        work,
+        {
+            "WHISPER_API_KEY": f"{KEY},{OTHER}",
+            "DATA_DIR": str(work / "data"),
+            "WHISPER_CPU_THREADS": "2",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        },
+        port=port,
+        config=config_on_port(work, port),
+    )
+    server.start()
+    front = NginxFront(work, port)
+    front.start()
+    assert server.proc is not None
+    root = server.proc.pid
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
+        "paths": {},
+    }
+    try:
+        for path, target_port, url in (
+            ("ray_proxy", port, server.url),
+            ("nginx", front.port, front.url),
+        ):
+            results["paths"][path] = {
+                name: attack(name, target_port, url, root)
+                for name in ("chunked_480MB", "stalled_uploads_40", "header_64MB")
+            }
+            time.sleep(2)
+    finally:
+        front.stop()
+        server.stop()
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Issue 11's attacks on the real server: through Ray's proxy (the default, on loopback) and
+through the bundled nginx (configs/nginx, the production path), by a black-box client."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serve.conftest import KEY, OTHER_KEY, Server
+from tests.serve.launcher import NginxFront, listening
+
+pytestmark = pytest.mark.serve
+
+JFK = Path(__file__).parents[1] / "data" / "jfk.flac"
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def front(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxFront]:
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        pytest.fail("nginx is not installed (scripts/test installs it: apt-get install nginx)")
+    proxy = NginxFront(tmp_path_factory.mktemp("front"), server.port)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+class HealthProbe:
+    """Asks /health every 0.1 s in the background; the slowest answer and every status."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.latencies: list[float] = []
+        self.codes: set[object] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.codes.add(httpx.get(f"{self.url}/health", timeout=30).status_code)
+            except httpx.HTTPError as exc:
+                self.codes.add(type(exc).__name__)
+            self.latencies.append(time.monotonic() - started)
+            time.sleep(0.1)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        time.sleep(0.3)
+        self._stop.set()
+        self._thread.join()
+
+
+def big_header(port: int, megabytes: int) -> bytes:
+    """A key-less request with one header of ``megabytes``; what came back (or b'')."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(megabytes):
+                sock.sendall(b"a" * MB)
+            sock.sendall(b"\r\n\r\n")
+        except OSError:
+            pass  # the proxy answered and closed while we were still sending
+        try:
+            return sock.recv(4096)
+        except OSError:
+            return b""
+
+
+def chunked_upload(port: int, key: str, megabytes: int) -> tuple[bytes, int]:
+    """A chunked multipart body of ``megabytes``; the answer and how many MB went out first."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /transcribe HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {key}\r\n".encode()
+            + b"Content-Type: multipart/form-data; boundary=b\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        data = b"\0" * MB
+        sent = 0
+        answer = b""
+        try:
+            while sent < megabytes and not answer:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+                sent += 1
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    answer = sock.recv(4096)
+                sock.setblocking(True)
+        except OSError:
+            pass
+        if not answer:
+            sock.settimeout(30)
+            try:
+                answer = sock.recv(4096)
+            except OSError:
+                answer = b""
+        return answer, sent
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+
+def test_the_default_config_listens_on_loopback_only(server: Server) -> None:
+    """Ray's proxy caps no header: the default serve_config keeps it off the network."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
+        address = s.getsockname()[0]
+    if address.startswith("127."):
+        pytest.skip("this machine has no address but loopback")
+    with socket.socket() as s:
+        s.settimeout(2)
+        assert s.connect_ex((address, server.port)) != 0, f"the server answers on {address}"
+
+
+def test_ray_listens_on_loopback_only_but_for_serves_replica_grpc(server: Server) -> None:
+    """Issue 11: GCS, raylet, dashboard agent and metrics ports listened on all interfaces.
+    With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (scripts/serve) Ray's node address is loopback."""
+    assert server.proc is not None
+    found = listening(server.proc.pid)
+    assert ("127.0.0.1", server.port) in {(a, p) for a, p, _ in found}
+    beyond = [(a, p, n) for a, p, n in found if not (a.startswith("127.") or a == "::1")]
+    # Ray Serve 2.60 binds each replica's inter-deployment gRPC server to [::]:0, hardcoded
+    # (ray/serve/_private/replica.py, _on_initialized): README, "Ports", says to firewall it.
+    assert all("ServeReplica" in name for _, _, name in beyond), beyond
+    assert len(beyond) <= 4, beyond
+
+
+def test_a_huge_header_is_431_json_at_nginx_and_health_stays_fast(front: NginxFront) -> None:
+    """Issue 11: one key-less 192 MB header stalled every /health for 38 s (Ray's proxy)."""
+    with HealthProbe(front.url) as probe:
+        answer = big_header(front.port, 64)
+    assert status_of(answer) == 431, answer[:200]
+    assert b'"detail"' in answer
+    assert probe.codes == {200}
+    assert max(probe.latencies) < 1.0, max(probe.latencies)
+
+
+def test_a_chunked_body_over_the_limit_is_refused_early(front: NginxFront, server: Server) -> None:
+    """Issue 11: a 480 MB chunked body was read whole. nginx cuts it at 26 MB; Ray's proxy,
+    which reads ahead of the app, answers 413 once the app has the file limit."""
+    with HealthProbe(front.url) as probe:
+        answer, sent = chunked_upload(front.port, KEY, 480)
+    assert status_of(answer) == 413, answer[:200]
+    assert sent < 40, sent
+    assert max(probe.latencies) < 1.0
+    answer, sent = chunked_upload(server.port, KEY, 480)
+    assert status_of(answer) == 413, answer[:200]
+    assert b"content-type: application/json" in answer.lower()
+    assert sent < 480, sent
+
+
+def test_stalled_uploads_of_one_key_leave_other_keys_served(server: Server) -> None:
+    """Issue 11: 520 uploads that declared 1000 bytes and stopped after 150 blocked every
+    client for 140 s. Now one key gets MAX_UPLOADS_PER_KEY of them per gateway and 429s."""
+    stalled = []
+    codes = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(
+                b"POST /transcribe HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {KEY}\r\n".encode()
+                + b"Content-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 1000\r\n\r\n"
+                + (b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + b"\0" * 100)
+            )
+            stalled.append(sock)
+        time.sleep(1.0)
+        for sock in stalled:
+            sock.setblocking(False)
+            try:
+                codes.append(status_of(sock.recv(4096)))
+            except BlockingIOError:
+                codes.append(0)  # still held: a stalled upload in progress
+        assert codes.count(429) >= 40 - 2 * 8 - 2, codes  # two gateways, 8 each
+        started = time.monotonic()
+        other = httpx.post(
+            f"{server.url}/transcribe",
+            headers={"Authorization": f"Bearer {OTHER_KEY}"},
+            files={"file": ("jfk.flac", JFK.read_bytes())},
+            timeout=30,
+        )
+        assert other.status_code == 202, other.text
+        assert time.monotonic() - started < 2.0
+        started = time.monotonic()
+        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sock in stalled:
+            sock.close()
