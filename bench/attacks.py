@@ -8,17 +8,21 @@ a 480 MB chunked upload, 40 uploads of one key that declare 1,000 bytes and stop
 150, and a key-less request with a 64 MB header (last: it raises the peaks measured).
 Meanwhile /health is asked every 0.1 s.
 For each attack: what the attacker got back, the slowest /health, another key's submit
-time (stalls), and the peak memory of Ray's HTTP proxy and the gateways.
+time (stalls), and the peak memory of Ray's HTTP proxy and the gateways. Then fairness:
+another key's short clip, idle and while one key's 7,000 s silent file decodes.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import socket
+import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,10 +43,10 @@ JFK = ROOT / "tests" / "data" / "jfk.flac"
 KEY, OTHER = "bench-attack-key-1", "bench-attack-key-2"
 
 
-def memory_mib(root: int) -> dict[str, float]:
-    """Peak resident memory (VmHWM) of Ray's proxy and gateways started under ``root``."""
+def memory_mib(root: int, *names: str) -> dict[str, float]:
+    """Peak resident memory (VmHWM) of Ray's proxy and gateways (or ``names``) under ``root``."""
     out: dict[str, float] = {}
-    for name in ("ProxyActor", "ServeReplica:whisper:Gateway"):
+    for name in names or ("ProxyActor", "ServeReplica:whisper:Gateway"):
         found = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True).stdout
         peak = 0.0
         for pid in (int(p) for p in found.split()):
@@ -91,6 +95,69 @@ def stalled(port: int, url: str) -> dict[str, Any]:
     }
 
 
+def silent_flac(seconds: float) -> bytes:
+    """``seconds`` of digital silence as 16 kHz FLAC (tiny: 7,000 s is about 1 MB)."""
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="flac") as out:
+        stream = out.add_stream("flac", rate=16000, layout="mono")
+        block = np.zeros((1, 16000 * 10), dtype=np.int16)
+        for _ in range(int(seconds / 10)):
+            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def job_latency(url: str, key: str, audio: bytes, **fields: str) -> tuple[float, str]:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
+        started = time.monotonic()
+        job = c.post("/transcribe", files={"file": ("a.flac", audio)}, data=fields, timeout=120)
+        job.raise_for_status()
+        job_id = job.json()["job_id"]
+        while True:
+            body = c.get(f"/transcribe/{job_id}", params={"wait": 30}, timeout=60).json()
+            if body["status"] in ("done", "error"):
+                return time.monotonic() - started, body["status"]
+
+
+def fairness(url: str, root: int) -> dict[str, Any]:
+    """Issue 11: one key's 7,000 s silent file (vad_filter=false: 234 windows to decode)
+    delayed another key's 2 s clip to 123.5 s. Here: that clip's latency idle, then while
+    the long file decodes, and the Whisper replica's peak memory."""
+    clip = JFK.read_bytes()
+    idle = [job_latency(url, OTHER, clip)[0] for _ in range(3)]
+    long_audio = silent_flac(7000)
+    result: dict[str, Any] = {"long_file_bytes": len(long_audio)}
+    holder: dict[str, Any] = {}
+
+    def long_job() -> None:
+        holder["s"], holder["status"] = job_latency(url, KEY, long_audio, vad_filter="false")
+
+    thread = threading.Thread(target=long_job)
+    thread.start()
+    time.sleep(5.0)  # the long file is decoded and cut; its windows fill the queue
+    busy = [job_latency(url, OTHER, clip)[0] for _ in range(3)]
+    thread.join()
+    result.update(
+        {
+            "other_key_clip_idle_s": [round(t, 2) for t in idle],
+            "other_key_clip_during_long_file_s": [round(t, 2) for t in busy],
+            "ratio_to_idle": round(statistics.median(busy) / statistics.median(idle), 2),
+            "long_file_s": round(holder["s"], 1),
+            "long_file_status": holder["status"],
+            "transcriber_peak_mib": memory_mib(root, "ServeReplica:whisper:Transcriber"),
+        }
+    )
+    print("fairness", json.dumps(result), flush=True)
+    return result
+
+
 def attack(name: str, port: int, url: str, root: int) -> dict[str, Any]:
     before = memory_mib(root)
     with HealthProbe(url) as probe:
@@ -125,6 +192,8 @@ def main() -> None:
             "DATA_DIR": str(work / "data"),
             "WHISPER_CPU_THREADS": "2",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            # Below the default (64 per gateway), so that 40 stalled uploads meet it.
+            "MAX_UPLOADS_PER_KEY": "8",
         },
         port=port,
         config=config_on_port(work, port),
@@ -150,6 +219,7 @@ def main() -> None:
                 for name in ("chunked_480MB", "stalled_uploads_40", "header_64MB")
             }
             time.sleep(2)
+        results["fairness"] = fairness(server.url, root)
     finally:
         front.stop()
         server.stop()

@@ -37,7 +37,7 @@ from deployments.interface import EngineConfig, TranscribeOptions, assemble
 from deployments.models import resolve_model
 from deployments.packing import Packing
 from tests.audio_util import words
-from tests.serve.launcher import ServeProcess, config_on_port, replica_pids
+from tests.serve.launcher import ServeProcess, config_on_port, free_port, replica_pids
 
 RESULTS = Path(__file__).parent / "results"
 KEY = "bench-key"
@@ -45,6 +45,8 @@ C32_ROUNDS = 3
 # The poll-latency probe's pace: a client checking 4 times a second (it loads the
 # server it measures, so not faster).
 POLL_EVERY_S = 0.25
+# The seed's clients poll a job several times a second without ?wait.
+SEED_POLL_EVERY_S = 0.25
 # The engine baseline runs the clips in their own order and in shuffled ones.
 ENGINE_ORDERS = 3
 
@@ -138,24 +140,36 @@ class Poller(threading.Thread):
         super().__init__(daemon=True)
         self.client, self.job_id = client, job_id
         self.times: list[float] = []
+        self.errors = 0
+        """Connections the server closed (Ray's proxy closes idle keep-alives)."""
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             t = time.perf_counter()
-            self.client.get(f"/transcribe/{self.job_id}")
+            try:
+                self.client.get(f"/transcribe/{self.job_id}")
+            except httpx.TransportError:
+                self.errors += 1
             self.times.append(time.perf_counter() - t)
             time.sleep(POLL_EVERY_S)
 
 
-def transcribe_http(client: httpx.Client, clip: Clip, submits: list[float]) -> str:
+def transcribe_http(
+    client: httpx.Client, clip: Clip, submits: list[float], poll_every: float | None = None
+) -> str:
+    """Submit, then long-poll (``?wait=30``) or, with ``poll_every``, poll as the seed's
+    clients do: a plain GET every ``poll_every`` seconds, ignoring Retry-After."""
     t = time.perf_counter()
     r = client.post("/transcribe", files={"file": (clip.path.name, clip.path.read_bytes())})
     submits.append(time.perf_counter() - t)
     r.raise_for_status()
     job_id = r.json()["job_id"]
+    params = {"wait": 30} if poll_every is None else {}
     while True:
-        body = client.get(f"/transcribe/{job_id}", params={"wait": 30}).json()
+        if poll_every is not None:
+            time.sleep(poll_every)
+        body = client.get(f"/transcribe/{job_id}", params=params).json()
         if body["status"] == "done":
             return str(body["text"])
         if body["status"] == "error":
@@ -163,7 +177,12 @@ def transcribe_http(client: httpx.Client, clip: Clip, submits: list[float]) -> s
 
 
 def run_clients(
-    url: str, clips: list[Clip], concurrency: int, keys: list[str], done_job: str
+    url: str,
+    clips: list[Clip],
+    concurrency: int,
+    keys: list[str],
+    done_job: str,
+    poll_every: float | None = None,
 ) -> dict[str, Any]:
     clients = [
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys[i % len(keys)]}"},
@@ -178,7 +197,7 @@ def run_clients(
 
     def client_work(n: int) -> None:
         for i in range(n, len(clips), concurrency):
-            texts[i] = transcribe_http(clients[n], clips[i], submits)
+            texts[i] = transcribe_http(clients[n], clips[i], submits, poll_every)
 
     poller.start()
     begin = time.perf_counter()
@@ -190,12 +209,14 @@ def run_clients(
     return {
         "concurrency": concurrency,
         "keys": len(keys),
+        "polls_per_s": None if poll_every is None else round(1 / poll_every, 2),
         "wall_s": round(wall, 3),
         "wer": wer_of(clips, texts),
         "submit_p50_s": pct(submits, 0.5),
         "submit_p99_s": pct(submits, 0.99),
         "poll_p50_s": pct(poller.times, 0.5),
         "poll_p99_s": pct(poller.times, 0.99),
+        "poll_errors": poller.errors,
     }
 
 
@@ -275,9 +296,14 @@ def run_server(
         out["idle_poll_p50_s"] = pct(idle_polls, 0.5)
         out["idle_poll_p99_s"] = pct(idle_polls, 0.99)
         # 32 clients, the headline, three times: this machine's speed drifts.
-        out["runs"] = [
-            run_clients(server.url, clips, n, [KEY], done_job) for n in (1, 8, *[32] * C32_ROUNDS)
-        ]
+        # Each round: 32 clients that long-poll, then 32 that poll as the seed's clients
+        # do (SEED_POLL_EVERY_S, no wait).
+        out["runs"] = [run_clients(server.url, clips, n, [KEY], done_job) for n in (1, 8)]
+        for _ in range(C32_ROUNDS):
+            out["runs"].append(run_clients(server.url, clips, 32, [KEY], done_job))
+            out["runs"].append(
+                run_clients(server.url, clips, 32, [KEY], done_job, poll_every=SEED_POLL_EVERY_S)
+            )
         out["runs"].append(run_clients(server.url, clips, 32, many_keys, done_job))
         if sustain_s > 0:
             assert server.proc is not None
@@ -343,7 +369,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--name", default="cpu-2core", help="results file name")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--sustain", type=float, default=45, help="seconds of sustained load")
     parser.add_argument("--no-server", action="store_true", help="only (a) and (b)")
     parser.add_argument(
@@ -384,7 +410,8 @@ def main() -> None:
         result["real_speech_packing"] = {k: v for k, v in measured.items() if k != "examples"}
         del real
     if not args.no_server:
-        result["server"] = run_server(clips, args.threads, args.port, args.sustain, args.pack)
+        port = args.port or free_port()
+        result["server"] = run_server(clips, args.threads, port, args.sustain, args.pack)
         plain.append(run_plain(clips, args.threads))
         engine.append(run_engine(clips, args.threads, packing=True, batch=32))
         print("after the server: plain", plain[1]["wall_s"], "s; engine", engine[1]["wall_s"], "s")
@@ -436,6 +463,8 @@ def summarize(result: dict[str, Any]) -> None:
         wers: dict[str, list[float]] = {}
         for run in server["runs"]:
             tag = f"c{run['concurrency']}" + ("_distinct_keys" if run["keys"] > 1 else "")
+            if run.get("polls_per_s"):
+                tag += f"_polling_{run['polls_per_s']:g}hz"
             walls.setdefault(tag, []).append(run["wall_s"])
             wers.setdefault(tag, []).append(run["wer"]["mean_per_clip"])
         for tag, times in walls.items():
@@ -446,6 +475,11 @@ def summarize(result: dict[str, Any]) -> None:
             summary[f"server_{tag}_wer"] = round(statistics.mean(wers[tag]), 4)
             if len(times) > 1:
                 summary[f"server_{tag}_vs_plain_rounds"] = [round(plain / t, 2) for t in times]
+        if "c32_polling_4hz" in walls:
+            # Seed-style polling against long polls, same rounds (1.0: polling costs nothing).
+            summary["server_c32_polling_vs_longpoll"] = round(
+                statistics.median(walls["c32"]) / statistics.median(walls["c32_polling_4hz"]), 2
+            )
         direct = statistics.median(result["plain"]["single_clip_s"])
         summary["idle_single_clip_vs_direct"] = round(
             statistics.median(server["idle_single_clip_s"]) / direct, 2

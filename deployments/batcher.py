@@ -57,6 +57,8 @@ class _Pending:
     future: asyncio.Future[ChunkResult]
     arrived: float = field(default_factory=time.monotonic)
     held_back: bool = False
+    started: asyncio.Event | None = None
+    """Set when the first of its job's chunks goes into a batch."""
 
 
 @dataclass
@@ -95,12 +97,17 @@ class ChunkBatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._decoding: set[asyncio.Task[None]] = set()
 
-    def enqueue(self, chunks: list[Chunk]) -> list[asyncio.Future[ChunkResult]]:
-        """Queue a job's chunks (all at once, so one batch sees them together)."""
+    def enqueue(
+        self, chunks: list[Chunk], started: asyncio.Event | None = None
+    ) -> list[asyncio.Future[ChunkResult]]:
+        """Queue a job's chunks (all at once, so one batch sees them together).
+
+        ``started`` is set when the first of them goes into a batch.
+        """
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.create_task(self._loop())
         loop = asyncio.get_running_loop()
-        pending = [_Pending(chunk, loop.create_future()) for chunk in chunks]
+        pending = [_Pending(chunk, loop.create_future(), started=started) for chunk in chunks]
         self._queue += pending
         self._arrived.set()
         return [p.future for p in pending]
@@ -183,6 +190,9 @@ class ChunkBatcher:
         if held == taken:
             held = set()  # never leave the engine idle
         batch = [p for i, p in enumerate(live) if i in taken and i not in held]
+        for p in batch:
+            if p.started is not None:
+                p.started.set()
         for i in held:
             live[i].held_back = True
         # Held-back chunks first: they go into the next batch, with the newcomers.

@@ -112,9 +112,12 @@ class Transcriber:
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream ``{"progress": share}`` while a long job decodes, then its end.
 
-        The end is ``{"result": transcript}``, or ``{"error": message}`` for bad
-        input. Short jobs share windows only with jobs of the same ``owner``
-        (and options): one client's words never reach another's transcript.
+        Before that, ``{"queued": true}`` once the job waits here for a batch and
+        ``{"decoding": true}`` once its first chunk is in one: the caller's attempt
+        timeout counts decoding, not the wait for a batch. The end is
+        ``{"result": transcript}``, or ``{"error": message}`` for bad input.
+        Short jobs share windows only with jobs of the same ``owner`` (and
+        options): one client's words never reach another's transcript.
         ``more_coming``: the caller is taking in more jobs right now, so the
         next batch should wait for them (the first job of a burst would
         otherwise be decoded alone). Failures that a retry could fix (a dead
@@ -124,6 +127,7 @@ class Transcriber:
             self._busy_until = time.monotonic() + BUSY_HINT_S
         self._preparing += 1
         decoding: list[asyncio.Future[ChunkResult]] = []
+        started = asyncio.Event()
         try:
             try:
                 opts = TranscribeOptions(**options)
@@ -131,7 +135,7 @@ class Transcriber:
                 for chunk in prepared.chunks:
                     chunk.pack_key = f"{owner}|{opts}"
                     chunk.owner = owner
-                decoding = self._batcher.enqueue(prepared.chunks)
+                decoding = self._batcher.enqueue(prepared.chunks, started)
             finally:
                 # In the same step as the enqueue: a batch being filled never
                 # sees this job as neither coming nor queued.
@@ -140,6 +144,15 @@ class Transcriber:
             pending = set(decoding)
             if len(pending) > 1:  # a long job: say what language it is in, before its end
                 yield {"progress": 0.0, "language": prepared.language}
+            if pending:
+                yield {"queued": True}
+                waiting: asyncio.Future[Any] = asyncio.ensure_future(started.wait())
+                try:
+                    first: set[asyncio.Future[Any]] = {waiting, *pending}
+                    await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiting.cancel()
+                yield {"decoding": True}
             while pending:
                 _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if pending:  # one update per batch that ends, not per chunk

@@ -185,6 +185,10 @@ async def get_job(
     With ``wait=N`` the answer comes as soon as the job ends, or after N seconds.
     """
     job = await wait_for_end(store, dispatcher, job_id, owner, wait)
+    if wait == 0 and job.status not in ENDED:
+        hold = dispatcher.pace(job_id)  # polled faster than STATUS_POLL_INTERVAL_S
+        if hold > 0:
+            job = await wait_for_end(store, dispatcher, job_id, owner, hold)
     # A job still running: when to ask again (a client that can, asks with wait=N).
     later = {} if job.status in ENDED else {"Retry-After": str(POLL_AGAIN_S)}
     if format == "json":

@@ -69,14 +69,21 @@ class Settings(BaseSettings):
     max_queued_audio_s_per_key: float = Field(default=4 * 3600, gt=0)
     """Seconds of audio one API key may have queued or running; past it a submit gets 429."""
 
-    max_uploads_per_key: int = Field(default=8, ge=1)
-    """Uploads one API key may have in progress at once, per gateway replica; past it 429."""
+    max_uploads_per_key: int = Field(default=64, ge=1)
+    """Uploads one API key may have in progress at once, per gateway replica; past it 429.
+
+    A gateway takes 256 requests at once (serve_config.yaml): one key's stalled uploads
+    leave the rest to others (a burst of 32 uploads from one client is normal)."""
 
     upload_idle_timeout_s: float = Field(default=30, gt=0)
     """An upload that sends nothing for this long is cut off (408)."""
 
     upload_timeout_s: float = Field(default=600, gt=0)
     """An upload must arrive whole within this long (25 MB in 600 s: 42 KB/s); else 408."""
+
+    status_poll_interval_s: float = Field(default=1.0, ge=0, le=10)
+    """A job still queued or running is read at most this often without ``wait``: a faster
+    poll is answered when the job ends or this long after the last read (0: no pacing)."""
 
     job_retention_hours: float | None = Field(default=None, gt=0)
     """Finished jobs and transcripts are deleted this long after they end; unset keeps them."""

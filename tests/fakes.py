@@ -21,7 +21,7 @@ from deployments.interface import (
 )
 from deployments.packing import Packing
 from deployments.transcriber import Transcriber
-from serve_app.dispatcher import ProgressFn, follow
+from serve_app.dispatcher import ProgressFn, StageFn, follow
 
 
 class FakeEngine:
@@ -103,10 +103,11 @@ class LocalClient:
         owner: str = "",
         more_coming: bool = False,
         on_progress: ProgressFn | None = None,
+        on_stage: StageFn | None = None,
     ) -> dict[str, Any]:
         self.calls += 1
         events = self.transcriber.transcribe(audio, options, owner, more_coming)
-        return await follow(events, on_progress)
+        return await follow(events, on_progress, on_stage)
 
 
 async def final(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:

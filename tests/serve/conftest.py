@@ -18,6 +18,7 @@ KEY = "serve-test-key-7f3a9c"
 OTHER_KEY = "serve-test-other-key-52d1e8"
 ORIGIN = "https://app.pilotys.example"
 MAX_QUEUED_JOBS = 16
+MAX_UPLOADS_PER_KEY = 8
 WEBHOOK_SECRET = "serve-test-whsec-91c4e0"
 
 
@@ -38,6 +39,7 @@ class Server(ServeProcess):
                 "WEBHOOK_SECRET": WEBHOOK_SECRET,
                 # As scripts/serve: Ray's own ports on loopback (README, "Ports").
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "MAX_UPLOADS_PER_KEY": str(MAX_UPLOADS_PER_KEY),
             },
             port=PORT,
             config=config_on_port(workdir, PORT, whisper={"pack_short_jobs": True}),

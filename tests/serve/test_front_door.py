@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve.conftest import KEY, OTHER_KEY, Server
+from tests.serve.conftest import KEY, MAX_UPLOADS_PER_KEY, OTHER_KEY, Server
 from tests.serve.launcher import NginxFront, listening
 
 pytestmark = pytest.mark.serve
@@ -189,7 +189,8 @@ def test_stalled_uploads_of_one_key_leave_other_keys_served(server: Server) -> N
                 codes.append(status_of(sock.recv(4096)))
             except BlockingIOError:
                 codes.append(0)  # still held: a stalled upload in progress
-        assert codes.count(429) >= 40 - 2 * 8 - 2, codes  # two gateways, 8 each
+        # Two gateways, MAX_UPLOADS_PER_KEY each (Ray may route unevenly: a little room).
+        assert codes.count(429) >= 40 - 2 * MAX_UPLOADS_PER_KEY - 2, codes
         started = time.monotonic()
         other = httpx.post(
             f"{server.url}/transcribe",

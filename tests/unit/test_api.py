@@ -372,6 +372,53 @@ def test_a_hung_engine_times_out_and_the_job_ends(tmp_path: Path) -> None:
     assert "timeout" in done["error"] and hanging.calls == 2
 
 
+class WaitsForABatch(LocalClient):
+    """The Transcriber's stages as a burst sees them: acknowledged, then a long wait for
+    a batch (``wait_s``), then a decode of ``decode_s``."""
+
+    def __init__(self, wait_s: float, decode_s: float) -> None:
+        super().__init__()
+        self.wait_s, self.decode_s = wait_s, decode_s
+
+    async def transcribe(
+        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
+    ) -> dict:
+        self.calls += 1
+        kw["on_stage"]("queued")
+        await asyncio.sleep(self.wait_s)
+        kw["on_stage"]("decoding")
+        await asyncio.sleep(self.decode_s)
+        return {"result": {"text": "ok", "segments": [], "language": "en", "duration": 1.0}}
+
+
+def test_the_attempt_timeout_counts_decoding_not_the_wait_for_a_batch(tmp_path: Path) -> None:
+    """Issue 11: under a burst of 200 jobs, 12 timed out after 124 s queued in the replica
+    and were decoded twice."""
+    settings = make_settings(
+        tmp_path, attempt_timeout_base_s=0.3, attempt_timeout_per_audio_s=0, max_attempts=2
+    )
+    waits = WaitsForABatch(wait_s=1.0, decode_s=0.1)
+    app = create_app(settings, waits)
+    app.state.dispatcher.sweep_interval_s = 0.05
+    with TestClient(app) as c:
+        done = wait_done(c, submit(c, JFK.read_bytes())["job_id"])
+    assert done["status"] == "done", done
+    assert done["attempts"] == 1 and waits.calls == 1
+
+
+def test_a_decode_that_hangs_still_times_out(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, attempt_timeout_base_s=0.3, attempt_timeout_per_audio_s=0, max_attempts=2
+    )
+    hangs = WaitsForABatch(wait_s=0.0, decode_s=3600)
+    app = create_app(settings, hangs)
+    app.state.dispatcher.sweep_interval_s = 0.05
+    with TestClient(app) as c:
+        done = wait_done(c, submit(c, JFK.read_bytes())["job_id"])
+    assert done["status"] == "error" and "timeout" in done["error"]
+    assert hangs.calls == 2
+
+
 def test_retention_deletes_finished_jobs(tmp_path: Path) -> None:
     app = create_app(make_settings(tmp_path, job_retention_hours=0.5 / 3600), LocalClient())
     app.state.dispatcher.sweep_interval_s = 0.05
@@ -590,6 +637,44 @@ def test_a_status_read_of_a_job_still_running_says_when_to_ask_again(tmp_path: P
         job_id = submit(c, JFK.read_bytes())["job_id"]
         assert wait_done(c, job_id)["status"] == "done"
         assert "Retry-After" not in c.get(f"/transcribe/{job_id}", headers=AUTH).headers
+
+
+def test_fast_polls_of_an_unfinished_job_are_paced_not_refused(tmp_path: Path) -> None:
+    """Issue 11: 32 clients polling 4 times a second halved throughput (each read costs
+    ~10 ms of CPU in Ray's proxy and a gateway). A read within STATUS_POLL_INTERVAL_S of
+    the last waits for the rest of the interval."""
+    with TestClient(create_app(make_settings(tmp_path / "h"), Hanging())) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        begin = time.monotonic()
+        first = c.get(f"/transcribe/{job_id}", headers=AUTH)
+        assert first.status_code == 200 and time.monotonic() - begin < 0.5
+        begin = time.monotonic()
+        second = c.get(f"/transcribe/{job_id}", headers=AUTH)
+        took = time.monotonic() - begin
+        assert second.status_code == 200 and second.json()["status"] in ("queued", "processing")
+        assert 0.7 < took < 2.0, took
+        unpaced = make_settings(tmp_path / "u", status_poll_interval_s=0)
+    with TestClient(create_app(unpaced, Hanging())) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        c.get(f"/transcribe/{job_id}", headers=AUTH)
+        begin = time.monotonic()
+        c.get(f"/transcribe/{job_id}", headers=AUTH)
+        assert time.monotonic() - begin < 0.5
+
+
+def test_a_paced_poll_answers_as_soon_as_the_job_ends(tmp_path: Path) -> None:
+    class Slow(LocalClient):
+        async def transcribe(self, *args: Any, **kw: Any) -> dict:
+            await asyncio.sleep(0.4)
+            return await super().transcribe(*args, **kw)
+
+    settings = make_settings(tmp_path, status_poll_interval_s=5)
+    with TestClient(create_app(settings, Slow())) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        c.get(f"/transcribe/{job_id}", headers=AUTH)
+        begin = time.monotonic()
+        body = c.get(f"/transcribe/{job_id}", headers=AUTH).json()
+        assert body["status"] == "done" and time.monotonic() - begin < 3
 
 
 def test_a_long_poll_hears_of_a_job_another_gateway_ends(tmp_path: Path) -> None:

@@ -100,3 +100,15 @@ def test_a_long_job_reports_its_progress_batch_by_batch() -> None:
     assert progress == [0.0, 0.4, 0.8]
     assert events[0]["language"] == "en"
     assert events[-1]["result"]["text"].startswith("long part 0")
+
+
+def test_a_job_says_when_it_waits_for_a_batch_and_when_it_is_in_one() -> None:
+    """The gateway's attempt timeout counts decoding, not the wait for a batch (issue 11)."""
+
+    async def run() -> list[dict]:
+        transcriber = fake_transcriber()
+        return [e async for e in transcriber.transcribe(b"FAKE hello 1", {})]
+
+    events = asyncio.run(run())
+    stages = [next(iter(e)) for e in events]
+    assert stages == ["queued", "decoding", "result"], events
