@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -24,8 +25,6 @@ from serve_app.uploads import multipart_openapi
 logger = logging.getLogger("ray.serve.whisper.routes")
 
 MAX_WAIT_S = 60
-# Seconds a client polling a job still running is asked to wait (Retry-After).
-POLL_AGAIN_S = 1
 ENDED = (JobStatus.done, JobStatus.error)
 
 health_router = APIRouter()
@@ -167,6 +166,7 @@ async def get_job(
     owner: OwnerDep,
     store: StoreDep,
     dispatcher: DispatcherDep,
+    settings: SettingsDep,
     wait: Annotated[
         float,
         Query(
@@ -190,7 +190,9 @@ async def get_job(
         if hold > 0:
             job = await wait_for_end(store, dispatcher, job_id, owner, hold)
     # A job still running: when to ask again (a client that can, asks with wait=N).
-    later = {} if job.status in ENDED else {"Retry-After": str(POLL_AGAIN_S)}
+    # Retry-After: STATUS_POLL_INTERVAL_S, the pace a poll without wait is held to.
+    again = max(1, math.ceil(settings.status_poll_interval_s))
+    later = {} if job.status in ENDED else {"Retry-After": str(again)}
     if format == "json":
         public = JobPublic.from_job(job)
         if job.status == JobStatus.queued:

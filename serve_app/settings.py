@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     upload_timeout_s: float = Field(default=600, gt=0)
     """An upload must arrive whole within this long (25 MB in 600 s: 42 KB/s); else 408."""
 
-    status_poll_interval_s: float = Field(default=1.0, ge=0, le=10)
+    status_poll_interval_s: float = Field(default=2.0, ge=0, le=10)
     """A job still queued or running is read at most this often without ``wait``: a faster
     poll is answered when the job ends or this long after the last read (0: no pacing)."""
 
