@@ -174,7 +174,7 @@ class Dispatcher:
     def pace(self, job_id: str) -> float:
         """Seconds to hold a status read of an unfinished job polled without ``wait``.
 
-        The seed's clients poll several times a second, and each read costs about 10 ms
+        The seed's clients poll several times a second, and each read costs about 11 ms
         of CPU in Ray's proxy and a gateway (measured: 32 such clients halved throughput).
         A read within STATUS_POLL_INTERVAL_S of the last one waits for the rest of it, or
         for the job's end: the client learns the end as soon as with a faster poll.
