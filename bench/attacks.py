@@ -15,7 +15,6 @@ another key's short clip, idle and while one key's 7,000 s silent file decodes.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import socket
@@ -29,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from tests.audio_util import silent_flac
 from tests.serve.launcher import (
     NginxFront,
     ServeProcess,
@@ -93,25 +93,6 @@ def stalled(port: int, url: str) -> dict[str, Any]:
         "other_key_submit": other.status_code,
         "other_key_submit_s": round(other_s, 3),
     }
-
-
-def silent_flac(seconds: float) -> bytes:
-    """``seconds`` of digital silence as 16 kHz FLAC (tiny: 7,000 s is about 1 MB)."""
-    import av
-    import numpy as np
-
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="flac") as out:
-        stream = out.add_stream("flac", rate=16000, layout="mono")
-        block = np.zeros((1, 16000 * 10), dtype=np.int16)
-        for _ in range(int(seconds / 10)):
-            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
-            frame.sample_rate = 16000
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buf.getvalue()
 
 
 def job_latency(url: str, key: str, audio: bytes, **fields: str) -> tuple[float, str]:

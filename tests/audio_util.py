@@ -130,3 +130,21 @@ def real_clips() -> list[tuple[str, np.ndarray]]:
         label = f"{Path(name).stem}[{start:g}:{'' if end is None else f'{end:g}'}]"
         out.append((label, samples[int(start * SAMPLE_RATE) : stop]))
     return out
+
+
+def silent_flac(seconds: float) -> bytes:
+    """``seconds`` of digital silence as 16 kHz FLAC (tiny: 7,000 s is about 1 MB)."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="flac") as out:
+        stream = out.add_stream("flac", rate=16000, layout="mono")
+        block = np.zeros((1, 16000 * 10), dtype=np.int16)
+        for _ in range(int(seconds / 10)):
+            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
