@@ -130,7 +130,10 @@ class Transcriber:
         started = asyncio.Event()
         try:
             try:
-                opts = TranscribeOptions(**options)
+                try:
+                    opts = TranscribeOptions(**options)
+                except TypeError as exc:  # an option this replica does not know
+                    raise AudioError(f"invalid options: {exc}") from exc
                 prepared = await asyncio.to_thread(self.engine.prepare, audio, opts)
                 for chunk in prepared.chunks:
                     chunk.pack_key = f"{owner}|{opts}"
@@ -158,7 +161,7 @@ class Transcriber:
                 if pending:  # one update per batch that ends, not per chunk
                     yield {"progress": round(1 - len(pending) / len(decoding), 3)}
             transcript = assemble(prepared, [f.result() for f in decoding])
-        except (AudioError, TypeError) as exc:
+        except AudioError as exc:  # bad input only: anything else raises, and is retried
             yield {"error": str(exc)}
             return
         finally:

@@ -112,3 +112,20 @@ def test_a_job_says_when_it_waits_for_a_batch_and_when_it_is_in_one() -> None:
     events = asyncio.run(run())
     stages = [next(iter(e)) for e in events]
     assert stages == ["queued", "decoding", "result"], events
+
+
+def test_a_bug_in_the_engine_is_not_bad_input() -> None:
+    """Issue 12, item 5: a TypeError from the engine ended the job `invalid_audio`, no retry.
+    Only bad input may end a job as bad input; a bug raises, and the gateway retries."""
+    import pytest
+
+    from deployments.interface import EngineConfig
+    from deployments.transcriber import Transcriber
+
+    class Buggy(FakeEngine):
+        def prepare(self, audio: bytes, options: object) -> object:
+            raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    transcriber = Transcriber(EngineConfig(), engine_factory=Buggy)
+    with pytest.raises(TypeError):
+        asyncio.run(final(transcriber.transcribe(b"FAKE x 1", {})))
