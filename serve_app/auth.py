@@ -6,9 +6,15 @@ import hashlib
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# Declares the scheme in the OpenAPI schema (the docs' Authorize button); the check
+# itself is ours (check_bearer), with its own messages.
+BEARER = HTTPBearer(
+    auto_error=False, description="a key of WHISPER_API_KEY, as 'Authorization: Bearer <key>'"
+)
 ANONYMOUS = "anonymous"
 
 
@@ -44,7 +50,10 @@ def check_bearer(authorization: str | None, keys: list[str]) -> str:
     return matched
 
 
-def require_api_key(request: Request) -> str:
+def require_api_key(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+) -> str:
     """FastAPI dependency: the caller's owner fingerprint (anonymous when auth is off)."""
     settings = request.app.state.settings
     if not settings.require_auth:

@@ -2,7 +2,7 @@
 
 export WHISPER_SERVER_URL=http://localhost:8000 WHISPER_API_KEY=...
 whisper-serve transcribe meeting.mp3 interview.wav --format srt
-whisper-serve transcribe long.mp3 --no-wait        (prints the job id; --wait is the default)
+whisper-serve transcribe long.mp3 --no-wait     (prints the job id, a line a file; --wait: default)
 whisper-serve status JOB_ID [--format txt]
 """
 
@@ -144,8 +144,8 @@ def _run(args: argparse.Namespace, client: httpx.Client) -> int:
     options = {"language": args.language} if args.language else {}
     ids = [(path, submit(client, path, options)) for path in args.files]
     if not args.wait:
-        for path, job_id in ids:
-            print(f"{job_id}\t{path}")
+        for _path, job_id in ids:
+            print(job_id)  # one per line, in the order of the files
         return 0
     failed = 0
     for path, job_id in ids:

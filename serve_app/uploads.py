@@ -126,6 +126,13 @@ class _FormWriter:
     def _headers_finished(self) -> None:
         _disp, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        if self._name != FILE_FIELD and b"filename" in params:
+            raise UploadError(
+                400,
+                f"a file came in field {self._name[:40]!r}: send the audio in a field named "
+                "'file' (-F 'file=@audio.mp3')",
+                param=FILE_FIELD,
+            )
         if self._name == FILE_FIELD:
             if self._seen_file:
                 raise UploadError(400, "send one file per request (field 'file')")

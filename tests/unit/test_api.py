@@ -730,3 +730,23 @@ def test_a_running_job_shows_its_progress(tmp_path: Path) -> None:
     assert body["status"] == "done" and body["progress"] == 1.0
     assert seen & {0.25, 0.5, 0.75}, seen
     assert all(0 <= p < 1 for p in seen)
+
+
+def test_a_file_in_a_field_with_another_name_says_to_use_file(
+    client: TestClient, tmp_path: Path
+) -> None:
+    """Issue 12, item 8: `-F audio=@jfk.flac` answered 413 'form field 'audio' is over 16384
+    bytes'."""
+    r = client.post("/transcribe", headers=AUTH, files={"audio": ("jfk.flac", JFK.read_bytes())})
+    assert r.status_code == 400, r.text
+    assert "'file'" in r.json()["detail"] and "'audio'" in r.json()["detail"]
+    assert uploads(tmp_path) == []
+
+
+def test_the_openapi_schema_declares_bearer_auth(client: TestClient) -> None:
+    """Issue 12, item 8: no security scheme, so the docs had no Authorize button."""
+    schema = client.get("/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert {"type": "http", "scheme": "bearer"}.items() <= next(iter(schemes.values())).items()
+    assert schema["paths"]["/transcribe"]["post"]["security"]
+    assert "security" not in schema["paths"]["/health"]["get"]

@@ -33,7 +33,9 @@ def test_transcribe_prints_the_transcript(
 
 def test_no_wait_then_status(http: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["transcribe", str(JFK), "--no-wait"], client=http) == 0
-    job_id = capsys.readouterr().out.split("\t")[0]
+    # Only the id, so that ID=$(whisper-serve transcribe f --no-wait) works (issue 12, item 8).
+    job_id = capsys.readouterr().out.strip()
+    assert len(job_id) == 36 and "\t" not in job_id
     http.get(
         f"/transcribe/{job_id}", params={"wait": 10}, headers={"Authorization": f"Bearer {KEY}"}
     )
