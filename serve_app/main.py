@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from importlib.resources import files
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import (
@@ -13,7 +14,9 @@ from fastapi.exception_handlers import (
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -47,6 +50,37 @@ def _openai(request: Request) -> bool:
     return request.url.path.startswith("/v1/")
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts from the fastapi-offline package,
+    not a CDN: a server with no network still shows its docs."""
+    static = files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(static)), name="docs-assets")
+    title = f"{app.title} - docs"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=str(app.openapi_url),
+            title=title,
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=str(app.openapi_url),
+            title=title,
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 def create_app(settings: Settings, client: TranscriberClient) -> FastAPI:
     """Build the HTTP app; the dispatcher runs while the app's lifespan does."""
     store = JobStore(settings.database_file if settings.use_sqlite else None)
@@ -63,7 +97,10 @@ def create_app(settings: Settings, client: TranscriberClient) -> FastAPI:
         summary="Submit audio, poll for the transcript. Batched faster-whisper on Ray Serve.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files: the server runs offline
+        redoc_url=None,
     )
+    _offline_docs(app)
     app.state.settings = settings
     app.state.store = store
     app.state.dispatcher = dispatcher

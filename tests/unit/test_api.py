@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -257,6 +258,14 @@ def test_cors_allows_listed_origins_only(client: TestClient) -> None:
 
 def test_openapi_docs_are_served(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
+    # Offline: every script and stylesheet of /docs and /redoc comes from this server
+    # (issue 12, item 8: they came from a CDN, blank pages without network).
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(a.startswith("/docs-assets/") for a in assets), assets
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
     spec = client.get("/openapi.json").json()
     assert "multipart/form-data" in spec["paths"]["/transcribe"]["post"]["requestBody"]["content"]
 
