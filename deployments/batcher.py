@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ class ChunkBatcher:
         """
         limits = self.limits
         live, windows = self._plan()
-        chosen = _in_turn(windows, [p.chunk.owner for p in live])[: limits.max_batch_size]
+        chosen = _in_turn(windows, [p.chunk.owner for p in live], limits.max_batch_size)
         held: set[int] = set()
         if self._coming() and limits.packing.enabled:
             # The last window of each packing key is the one still filling.
@@ -211,14 +212,18 @@ class ChunkBatcher:
         return batch
 
 
-def _in_turn(windows: list[Window], owners: list[str]) -> list[Window]:
-    """Windows round-robin by owner (owners in order of their first window)."""
+def _in_turn(windows: list[Window], owners: list[str], size: int) -> list[Window]:
+    """The next batch: windows round-robin by owner (owners in order of their first window),
+    at most ``size``, and while several owners wait, at most an even share of ``size`` from
+    any one: a batch lasts as long as its windows, so another key's short job is not held
+    in a batch filled with one key's long file (a smaller batch then, for a while)."""
     queues: dict[str, list[Window]] = {}
     for window in windows:
         queues.setdefault(owners[window.members[0]], []).append(window)
     if len(queues) == 1:
-        return windows
+        return windows[:size]
+    share = math.ceil(size / len(queues))
     out: list[Window] = []
-    for turn in itertools.zip_longest(*queues.values()):
+    for turn in itertools.islice(itertools.zip_longest(*queues.values()), share):
         out += [w for w in turn if w is not None]
-    return out
+    return out[:size]

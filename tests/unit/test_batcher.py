@@ -213,3 +213,19 @@ def test_owners_take_turns_window_by_window() -> None:
     # All arrived before the first batch formed: one window of each owner in turn.
     assert sorted(engine.batches[0]) == [28, 29, 30, 30]
     assert sorted(engine.batches[1]) == [29, 29, 30, 30]
+
+
+def test_while_another_owner_waits_one_owner_fills_at_most_its_share_of_a_batch() -> None:
+    """A batch lasts as long as its windows: another key's short job should not share one
+    with seven windows of one key's long file."""
+    engine = Engine(seconds=0.05)
+
+    async def run() -> None:
+        b = batcher(engine, [False], wait_s=0.0, max_batch_size=8)
+        futures = b.enqueue([clip(30, key="a", owner="a") for _ in range(20)])
+        futures += b.enqueue([clip(2, key="b", owner="b")])
+        await asyncio.gather(*futures)
+
+    asyncio.run(run())
+    assert sorted(engine.batches[0]) == [2, 30, 30, 30, 30]  # b's clip and a's share (4)
+    assert [len(batch) for batch in engine.batches[1:]] == [8, 8]  # a alone: full batches
