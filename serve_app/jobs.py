@@ -111,6 +111,11 @@ def _sqlite_engine(path: Path, *, immediate: bool) -> Engine:
     return engine
 
 
+def _unfinished() -> Any:
+    """The filter for jobs queued or processing (written once)."""
+    return col(Job.status).in_([JobStatus.queued, JobStatus.processing])
+
+
 class JobStore:
     """All reads and writes of job records; every method is one transaction.
 
@@ -239,7 +244,7 @@ class JobStore:
     def _check_owner(s: Session, job: Job, max_jobs: int | None, max_audio_s: float | None) -> None:
         if max_jobs is None and max_audio_s is None:
             return
-        active = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
+        active = _unfinished()
         query = select(func.count(), func.coalesce(func.sum(Job.duration), 0.0)).where(
             active, Job.owner == job.owner
         )
@@ -251,7 +256,7 @@ class JobStore:
 
     @staticmethod
     def _count_active(s: Session) -> int:
-        active = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
+        active = _unfinished()
         return int(s.exec(select(func.count()).select_from(Job).where(active)).one())
 
     def queue_position(self, job: Job) -> int:
@@ -265,7 +270,7 @@ class JobStore:
 
     def count_by_status(self) -> dict[JobStatus, int]:
         """How many jobs are queued and processing."""
-        active = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
+        active = _unfinished()
         query = select(Job.status, func.count()).where(active).group_by(Job.status)
         counts = {JobStatus.queued: 0, JobStatus.processing: 0}
         with self._session(write=False) as s:
@@ -323,7 +328,7 @@ class JobStore:
         now = time.time() if now is None else now
         paths: list[str | None] = []
         with self._session(write=True) as s:
-            unfinished = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
+            unfinished = _unfinished()
             for job in s.exec(select(Job).where(unfinished, col(Job.deadline_at) < now)):
                 paths.append(job.audio_path)
                 job.status = JobStatus.error
@@ -354,7 +359,7 @@ class JobStore:
         if not job_ids:
             return set()
         with self._session(write=False) as s:
-            live = col(Job.status).in_([JobStatus.queued, JobStatus.processing])
+            live = _unfinished()
             running = set(s.exec(select(Job.id).where(col(Job.id).in_(job_ids), live)))
         return set(job_ids) - running
 
