@@ -14,45 +14,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_app.main import create_app
-from serve_app.settings import Settings
 from tests.fakes import LocalClient, long_job_client
-
-KEY = "test-key-123"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-JFK = Path(__file__).parents[1] / "data" / "jfk.flac"
-
-
-def make_settings(tmp_path: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "whisper_api_key": KEY,
-        "allowed_origins": "https://app.example.com,http://localhost:3000",
-        "data_dir": tmp_path,
-        "max_file_size_mb": 2,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(tmp_path), LocalClient())) as c:
-        yield c
-
-
-def wait_done(client: TestClient, job_id: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/transcribe/{job_id}", headers=AUTH).json()
-        if body["status"] in ("done", "error"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not end: {body}")
-
-
-def submit(client: TestClient, content: bytes, name: str = "a.flac") -> dict:
-    r = client.post("/transcribe", headers=AUTH, files={"file": (name, content)})
-    assert r.status_code == 202, r.text
-    return r.json()
+from tests.unit.helpers import (
+    AUTH,
+    JFK,
+    KEY,
+    Hanging,
+    Recording,
+    make_settings,
+    submit,
+    uploads,
+    wait_done,
+)
 
 
 def test_health_needs_no_token(client: TestClient) -> None:
@@ -287,22 +260,6 @@ def test_jobs_survive_a_new_app_on_the_same_database(tmp_path: Path) -> None:
     assert again == first
 
 
-class Hanging(LocalClient):
-    """An engine that never answers."""
-
-    async def transcribe(
-        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
-    ) -> dict:
-        self.calls += 1
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-
-def uploads(tmp_path: Path) -> list[Path]:
-    folder = tmp_path / "uploads"
-    return list(folder.iterdir()) if folder.exists() else []
-
-
 def test_idempotency_key_replays_the_same_job(client: TestClient, tmp_path: Path) -> None:
     audio = JFK.read_bytes()
     headers = {**AUTH, "Idempotency-Key": "order-42"}
@@ -474,22 +431,6 @@ def test_long_poll_answers_when_the_job_ends(tmp_path: Path) -> None:
         assert 0.5 < time.monotonic() - begin < 3
         too_long = c.get(f"/transcribe/{job_id}?wait=61", headers=AUTH)
         assert too_long.status_code == 422
-
-
-class Recording(LocalClient):
-    """Remembers the options and the burst hint each job was sent with."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.options: list[dict] = []
-        self.hints: list[bool] = []
-
-    async def transcribe(
-        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
-    ) -> dict:
-        self.options.append(options)
-        self.hints.append(more_coming)
-        return await super().transcribe(audio, options, owner, more_coming, **kw)
 
 
 class RecordingHanging(Recording, Hanging):

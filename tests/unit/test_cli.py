@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from serve_app.cli import main
 from serve_app.main import create_app
 from tests.fakes import LocalClient, long_job_client
-from tests.unit.test_api import JFK, KEY, make_settings
+from tests.unit.helpers import JFK, KEY, make_settings
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import (
 
 from serve_app.main import create_app
 from tests.fakes import LocalClient
-from tests.unit.test_api import AUTH, make_settings
+from tests.unit.helpers import AUTH, make_settings
 
 CHECKS = [
     not_a_server_error,

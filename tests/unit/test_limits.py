@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from serve_app.auth import fingerprint
 from serve_app.main import create_app
 from tests.fakes import LocalClient
-from tests.unit.test_api import AUTH, JFK, KEY, Hanging, make_settings, submit, uploads
+from tests.unit.helpers import AUTH, JFK, KEY, Hanging, make_settings, submit, uploads
 
 OTHER_KEY = "other-key-456"
 TWO_KEYS = f"{KEY},{OTHER_KEY}"

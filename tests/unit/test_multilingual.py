@@ -17,7 +17,7 @@ from deployments.transcriber import Transcriber
 from serve_app.main import create_app
 from tests.audio_util import DATA, JFK, wav_bytes, words
 from tests.fakes import LocalClient
-from tests.unit.test_api import AUTH, make_settings
+from tests.unit.helpers import AUTH, make_settings
 
 pytestmark = pytest.mark.model
 

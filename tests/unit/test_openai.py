@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from serve_app.main import create_app
 from tests.fakes import LocalClient
-from tests.unit.test_api import AUTH, JFK, KEY, Recording, make_settings
+from tests.unit.helpers import AUTH, JFK, KEY, Recording, make_settings
 
 
 @pytest.fixture

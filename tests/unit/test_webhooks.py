@@ -19,7 +19,7 @@ from serve_app.uploads import UploadError
 from serve_app.webhooks import check_callback_url, post, signature, verify
 from tests.fakes import LocalClient
 from tests.receiver import Receiver
-from tests.unit.test_api import AUTH, JFK, KEY, make_settings, uploads
+from tests.unit.helpers import AUTH, JFK, KEY, make_settings, uploads
 
 SECRET = "whsec-test-6b1f"
 

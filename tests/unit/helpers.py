@@ -1,0 +1,77 @@
+"""What the unit tests share: the test key, settings, submitting and waiting, and fake
+Transcribers (the fixtures are in tests/unit/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from serve_app.settings import Settings
+from tests.fakes import LocalClient
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+JFK = Path(__file__).parents[1] / "data" / "jfk.flac"
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "whisper_api_key": KEY,
+        "allowed_origins": "https://app.example.com,http://localhost:3000",
+        "data_dir": tmp_path,
+        "max_file_size_mb": 2,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def wait_done(client: TestClient, job_id: str, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/transcribe/{job_id}", headers=AUTH).json()
+        if body["status"] in ("done", "error"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not end: {body}")
+
+
+def submit(client: TestClient, content: bytes, name: str = "a.flac") -> dict:
+    r = client.post("/transcribe", headers=AUTH, files={"file": (name, content)})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def uploads(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "uploads"
+    return list(folder.iterdir()) if folder.exists() else []
+
+
+class Hanging(LocalClient):
+    """An engine that never answers."""
+
+    async def transcribe(
+        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
+    ) -> dict:
+        self.calls += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class Recording(LocalClient):
+    """Remembers the options and the burst hint each job was sent with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.options: list[dict] = []
+        self.hints: list[bool] = []
+
+    async def transcribe(
+        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
+    ) -> dict:
+        self.options.append(options)
+        self.hints.append(more_coming)
+        return await super().transcribe(audio, options, owner, more_coming, **kw)
