@@ -21,12 +21,12 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.dispatcher import Dispatcher, TranscriberClient
+from serve_app.errors import UploadError
 from serve_app.jobs import JobStore
 from serve_app.openai_compat import error_body
 from serve_app.openai_compat import router as openai_router
 from serve_app.routes import health_router, jobs_router
 from serve_app.settings import Settings
-from serve_app.uploads import UploadError
 
 logger = logging.getLogger("ray.serve.whisper.app")
 

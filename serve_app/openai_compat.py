@@ -18,12 +18,13 @@ from fastapi.responses import JSONResponse
 from serve_app.auth import OwnerDep, require_api_key
 from serve_app.deps import DispatcherDep, SettingsDep, StoreDep
 from serve_app.dispatcher import Dispatcher
+from serve_app.errors import UploadError
 from serve_app.formats import MEDIA_TYPES, render
 from serve_app.intake import accept_job, wait_for_end
 from serve_app.jobs import JobStatus, JobStore
 from serve_app.options import parse_options
 from serve_app.settings import Settings
-from serve_app.uploads import UploadError, multipart_openapi
+from serve_app.uploads import multipart_openapi
 
 # How long a request waits for its job before answering with the job id to poll.
 OPENAI_WAIT_S = 600

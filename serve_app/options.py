@@ -7,7 +7,7 @@ from typing import Any, Literal
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from serve_app.uploads import UploadError
+from serve_app.errors import UploadError
 
 
 class JobOptions(BaseModel):

@@ -17,6 +17,8 @@ from typing import IO, Any
 import av
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from serve_app.errors import UploadError
+
 FILE_FIELD = "file"
 # Room for the multipart envelope (boundaries, part headers, small fields)
 # when judging a declared Content-Length against the file limit.
@@ -28,17 +30,6 @@ MAX_FIELDS = 64
 MAX_PART_HEADER_BYTES = 8 * 1024
 # RFC 2046: a boundary is 1 to 70 characters.
 MAX_BOUNDARY = 70
-
-
-class UploadError(Exception):
-    """An upload the server refuses; ``status`` is the HTTP code to answer."""
-
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        """The form field at fault, where one is."""
 
 
 @dataclass

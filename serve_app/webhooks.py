@@ -28,11 +28,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from serve_app.errors import UploadError
 from serve_app.jobs import Job, JobStore
 from serve_app.metrics import JobMetrics
 from serve_app.schemas import JobPublic
 from serve_app.settings import Settings
-from serve_app.uploads import UploadError
 
 logger = logging.getLogger("ray.serve.whisper.webhooks")
 

@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from serve_app.errors import UploadError
 from serve_app.main import create_app
 from serve_app.settings import Settings
-from serve_app.uploads import UploadError
 from serve_app.webhooks import check_callback_url, post, signature, verify
 from tests.fakes import LocalClient
 from tests.receiver import Receiver
