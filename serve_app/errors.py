@@ -1,6 +1,10 @@
-"""The error a request gets for what it sent: one type for every module that judges input."""
+"""The error a request gets for what it sent (one type for every module that judges input),
+and the one way pydantic's validation errors are put into words."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class UploadError(Exception):
@@ -13,3 +17,15 @@ class UploadError(Exception):
         self.message = message
         self.param = param
         """The form field at fault, where one is."""
+
+
+def describe(errors: Iterable[Mapping[str, Any]], default: str, *, upper: bool = False) -> str:
+    """pydantic's errors as ``field: what is wrong; ...`` (``upper``: environment names)."""
+
+    def field(err: Mapping[str, Any]) -> str:
+        name = ".".join(str(p) for p in err["loc"])
+        return (name.upper() if upper else name) or default
+
+    return "; ".join(
+        f"{field(err)}: {str(err['msg']).removeprefix('Value error, ')}" for err in errors
+    )

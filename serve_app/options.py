@@ -7,7 +7,7 @@ from typing import Any, Literal
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from serve_app.errors import UploadError
+from serve_app.errors import UploadError, describe
 
 
 class JobOptions(BaseModel):
@@ -72,10 +72,5 @@ def parse_options(fields: dict[str, str]) -> dict[str, Any]:
     try:
         options = JobOptions.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'form'}: "
-            f"{str(err['msg']).removeprefix('Value error, ')}"
-            for err in exc.errors()
-        )
-        raise UploadError(400, f"invalid options: {problems}") from None
+        raise UploadError(400, f"invalid options: {describe(exc.errors(), 'form')}") from None
     return options.model_dump(exclude_defaults=True)

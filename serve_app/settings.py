@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from serve_app.errors import describe
+
 
 class SettingsError(ValueError):
     """The environment asks for something the server will not run with."""
@@ -193,9 +195,4 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: "
-            f"{str(err['msg']).removeprefix('Value error, ')}"
-            for err in exc.errors()
-        )
-        raise SettingsError(problems) from None
+        raise SettingsError(describe(exc.errors(), "settings", upper=True)) from None
