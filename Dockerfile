@@ -37,5 +37,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s \
     CMD curl -fsS http://127.0.0.1:8000/health || exit 1
 # Exec form: `docker stop` sends SIGTERM to serve run, which shuts Serve and Ray down.
-# Ray's dashboard stays on 127.0.0.1 inside the container (Ray's default); see README.
+# Ray's dashboard stays on 127.0.0.1 inside the container (Ray's default); see docs/operations.md.
 CMD ["serve", "run", "serve_config.yaml"]

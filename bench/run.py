@@ -9,7 +9,7 @@ On the same 32 short clips, with the same bundled tiny.en (int8) and threads:
   (c) the whole server (`serve run`, HTTP, SQLite) under 1, 8 and 32 concurrent clients,
       and 32 clients each with its own API key (no packing across owners).
 Then an idle single-clip latency check, and sustained load to watch autoscaling.
-Writes bench/results/<name>.json and .png; the README quotes them.
+Writes bench/results/<name>.json and .png; docs/benchmarks.md quotes them.
 """
 
 from __future__ import annotations

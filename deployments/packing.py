@@ -37,7 +37,7 @@ class Packing:
     """Live-tunable packing (``user_config``)."""
 
     enabled: bool = False
-    """Off by default (README, "Packing"); serve_config's pack_short_jobs."""
+    """Off by default (docs/architecture.md, "Packing"); serve_config's pack_short_jobs."""
     window_s: float = 28.0
 
     @property

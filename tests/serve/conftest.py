@@ -37,7 +37,7 @@ class Server(ServeProcess):
                 "MAX_QUEUED_JOBS": str(MAX_QUEUED_JOBS),
                 "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
                 "WEBHOOK_SECRET": WEBHOOK_SECRET,
-                # As scripts/serve: Ray's own ports on loopback (README, "Ports").
+                # As scripts/serve: Ray's own ports on loopback (docs/operations.md, "Ports").
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                 "MAX_UPLOADS_PER_KEY": str(MAX_UPLOADS_PER_KEY),
             },

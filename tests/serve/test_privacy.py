@@ -12,7 +12,7 @@ from tests.serve.conftest import KEY, WEBHOOK_SECRET, Server, wait_done
 
 pytestmark = pytest.mark.serve
 
-SENTINEL = DATA / "sentinel.wav"  # espeak-ng: "purple giraffes dance quietly tonight" (see README)
+SENTINEL = DATA / "sentinel.wav"  # espeak-ng: "purple giraffes dance quietly tonight" (see tests/data/README.md)
 
 
 def test_transcripts_and_tokens_never_reach_a_log(server: Server, client: httpx.Client) -> None:

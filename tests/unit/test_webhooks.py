@@ -137,7 +137,7 @@ def test_the_end_of_a_job_is_posted_signed_to_its_callback(tmp_path: Path) -> No
     assert delivery.path == "/hooks/whisper?token=abc"
     header = delivery.headers["x-whisper-signature"]
     assert verify(SECRET, delivery.body, header)
-    # As the README tells receivers to check it, written out here once more.
+    # As docs/api.md tells receivers to check it, written out here once more.
     t, v1 = (part.split("=", 1)[1] for part in header.split(","))
     signed = f"{t}.".encode() + delivery.body
     assert v1 == hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
