@@ -137,7 +137,8 @@ def test_ray_listens_on_loopback_only_but_for_serves_replica_grpc(server: Server
     assert ("127.0.0.1", server.port) in {(a, p) for a, p, _ in found}
     beyond = [(a, p, n) for a, p, n in found if not (a.startswith("127.") or a == "::1")]
     # Ray Serve 2.60 binds each replica's inter-deployment gRPC server to [::]:0, hardcoded
-    # (ray/serve/_private/replica.py, _on_initialized): docs/operations.md, "Ports", says to firewall it.
+    # (ray/serve/_private/replica.py, _on_initialized): docs/operations.md, "Ports", says
+    # to firewall it.
     assert all("ServeReplica" in name for _, _, name in beyond), beyond
     assert len(beyond) <= 4, beyond
 

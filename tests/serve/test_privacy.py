@@ -12,7 +12,8 @@ from tests.serve.conftest import KEY, WEBHOOK_SECRET, Server, wait_done
 
 pytestmark = pytest.mark.serve
 
-SENTINEL = DATA / "sentinel.wav"  # espeak-ng: "purple giraffes dance quietly tonight" (see tests/data/README.md)
+# espeak-ng: "purple giraffes dance quietly tonight" (see tests/data/README.md)
+SENTINEL = DATA / "sentinel.wav"
 
 
 def test_transcripts_and_tokens_never_reach_a_log(server: Server, client: httpx.Client) -> None:
