@@ -15,7 +15,7 @@ from deployments.engines.tokenizer import WhisperTokenizer, load
 from deployments.interface import EngineConfig, TranscribeOptions, assemble
 from deployments.packing import Packing
 from tests.audio_util import DATA, JFK, words
-from tests.unit.test_multilingual import FRENCH_TEXT
+from tests.model.test_multilingual import FRENCH_TEXT
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
