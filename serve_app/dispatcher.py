@@ -117,6 +117,8 @@ class Dispatcher:
         self._receiving = 0
         self._uploads_by_owner: collections.Counter[str] = collections.Counter()
         self._last_read: dict[str, float] = {}
+        self._read_budget: dict[str, tuple[float, float]] = {}
+        """Per owner: (tokens, when) of the status-read token bucket."""
         """When each unfinished job's status may next be read without a wait (pacing)."""
         # Jobs started here (just accepted, or claimed by the sweep) and not yet
         # handed to the Transcriber.
@@ -170,6 +172,21 @@ class Dispatcher:
         if task is not None:
             task.cancel()
         self._wake({job_id})
+
+    def read_allowed(self, owner: str) -> bool:
+        """A token bucket per owner: STATUS_READS_PER_S_PER_KEY reads a second, bursts of
+        twice that. False: this read is one too many (the caller answers 429)."""
+        rate = self.settings.status_reads_per_s_per_key
+        now = time.monotonic()
+        tokens, then = self._read_budget.get(owner, (2 * rate, now))
+        tokens = min(2 * rate, tokens + (now - then) * rate)
+        if len(self._read_budget) > 10_000:
+            self._read_budget.clear()
+        if tokens < 1:
+            self._read_budget[owner] = (tokens, now)
+            return False
+        self._read_budget[owner] = (tokens - 1, now)
+        return True
 
     def pace(self, job_id: str) -> float:
         """Seconds to hold a status read of an unfinished job polled without ``wait``.

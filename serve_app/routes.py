@@ -158,6 +158,7 @@ def _read_cursor(cursor: str) -> tuple[float, str]:
         },
         404: {"model": ErrorBody},
         409: {"model": ErrorBody, "description": "format= asked of a job that is not done"},
+        429: {"model": ErrorBody, "description": "over STATUS_READS_PER_S_PER_KEY"},
     },
 )
 async def get_job(
@@ -184,6 +185,13 @@ async def get_job(
 
     With ``wait=N`` the answer comes as soon as the job ends, or after N seconds.
     """
+    if not dispatcher.read_allowed(owner):
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"this key reads job status more than {settings.status_reads_per_s_per_key:g} "
+            "times a second (STATUS_READS_PER_S_PER_KEY): poll with ?wait=N instead",
+            headers={"Retry-After": "1"},
+        )
     job = await wait_for_end(store, dispatcher, job_id, owner, wait)
     if wait == 0 and job.status not in ENDED:
         hold = dispatcher.pace(job_id)  # polled faster than STATUS_POLL_INTERVAL_S

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     """A job still queued or running is read at most this often without ``wait``: a faster
     poll is answered when the job ends or this long after the last read (0: no pacing)."""
 
+    status_reads_per_s_per_key: float = Field(default=50, gt=0)
+    """Status reads one API key may make per second, per gateway replica (bursts of twice
+    that); past it 429 with Retry-After. Paced polls of 32 clients make about 16."""
+
     job_retention_hours: float | None = Field(default=None, gt=0)
     """Finished jobs and transcripts are deleted this long after they end; unset keeps them."""
 

@@ -700,3 +700,20 @@ def test_the_openapi_schema_declares_bearer_auth(client: TestClient) -> None:
     assert {"type": "http", "scheme": "bearer"}.items() <= next(iter(schemes.values())).items()
     assert schema["paths"]["/transcribe"]["post"]["security"]
     assert "security" not in schema["paths"]["/health"]["get"]
+
+
+def test_status_reads_beyond_the_per_key_rate_get_429(tmp_path: Path) -> None:
+    """Issue 11: polls beyond a sane rate per key get 429 (pacing holds one job's polls;
+    this bounds a key that reads many jobs, or one job from many connections)."""
+    settings = make_settings(tmp_path, status_reads_per_s_per_key=2)
+    with TestClient(create_app(settings, LocalClient())) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        wait_done(c, job_id)  # the burst allowance (4) partly spent while waiting
+        codes = [c.get(f"/transcribe/{job_id}", headers=AUTH).status_code for _ in range(6)]
+        assert 429 in codes, codes
+        refused = c.get(f"/transcribe/{job_id}", headers=AUTH)
+        assert refused.status_code == 429
+        assert "STATUS_READS_PER_S_PER_KEY" in refused.json()["detail"]
+        assert refused.headers["Retry-After"] == "1"
+        time.sleep(1.1)  # two tokens back
+        assert c.get(f"/transcribe/{job_id}", headers=AUTH).status_code == 200
