@@ -117,9 +117,9 @@ class Dispatcher:
         self._receiving = 0
         self._uploads_by_owner: collections.Counter[str] = collections.Counter()
         self._last_read: dict[str, float] = {}
+        """When each unfinished job's status may next be read without a wait (pacing)."""
         self._read_budget: dict[str, tuple[float, float]] = {}
         """Per owner: (tokens, when) of the status-read token bucket."""
-        """When each unfinished job's status may next be read without a wait (pacing)."""
         # Jobs started here (just accepted, or claimed by the sweep) and not yet
         # handed to the Transcriber.
         self._starting: set[str] = set()

@@ -36,12 +36,12 @@ RETRY_AFTER_S = 10
 WAIT_RECHECK_S = 2.0
 
 
-def too_many(message: str) -> HTTPException:
+def too_many(message: str, retry_after: int = RETRY_AFTER_S) -> HTTPException:
     """429 with Retry-After: a limit the client may try again under later."""
     return HTTPException(
         status.HTTP_429_TOO_MANY_REQUESTS,
-        f"{message}; retry after {RETRY_AFTER_S} s",
-        headers={"Retry-After": str(RETRY_AFTER_S)},
+        f"{message}; retry after {retry_after} s",
+        headers={"Retry-After": str(retry_after)},
     )
 
 

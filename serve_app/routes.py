@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from serve_app.auth import OwnerDep, require_api_key
 from serve_app.deps import DispatcherDep, SettingsDep, StoreDep
 from serve_app.formats import MEDIA_TYPES, render
-from serve_app.intake import accept_job, own_job, wait_for_end
+from serve_app.intake import accept_job, own_job, too_many, wait_for_end
 from serve_app.jobs import Job, JobStatus
 from serve_app.options import OPENAPI_FIELDS
 from serve_app.schemas import ErrorBody, Health, JobAccepted, JobList, JobPublic, JobSummary
@@ -186,11 +186,10 @@ async def get_job(
     With ``wait=N`` the answer comes as soon as the job ends, or after N seconds.
     """
     if not dispatcher.read_allowed(owner):
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
+        raise too_many(
             f"this key reads job status more than {settings.status_reads_per_s_per_key:g} "
             "times a second (STATUS_READS_PER_S_PER_KEY): poll with ?wait=N instead",
-            headers={"Retry-After": "1"},
+            retry_after=1,
         )
     job = await wait_for_end(store, dispatcher, job_id, owner, wait)
     if wait == 0 and job.status not in ENDED:

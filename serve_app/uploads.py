@@ -206,8 +206,8 @@ async def receive_upload(
     *,
     dest: Path,
     limit: int,
-    idle_s: float = 30.0,
-    total_s: float = 600.0,
+    idle_s: float,
+    total_s: float,
 ) -> Upload:
     """Parse a multipart body as it streams in, writing field ``file`` to ``dest``.
 
