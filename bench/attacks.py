@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -28,6 +27,16 @@ from typing import Any
 
 import httpx
 
+from tests.attacks import (
+    JFK,
+    HealthProbe,
+    answers_now,
+    big_header,
+    chunked_upload,
+    stalled_upload,
+    status_of,
+    submit_as,
+)
 from tests.audio_util import silent_flac
 from tests.serve.launcher import (
     NginxFront,
@@ -36,10 +45,9 @@ from tests.serve.launcher import (
     config_on_port,
     free_port,
 )
-from tests.serve.test_front_door import HealthProbe, big_header, chunked_upload, status_of
 
 ROOT = Path(__file__).resolve().parent.parent
-JFK = ROOT / "tests" / "data" / "jfk.flac"
+
 KEY, OTHER = "bench-attack-key-1", "bench-attack-key-2"
 
 
@@ -60,31 +68,11 @@ def memory_mib(root: int, *names: str) -> dict[str, float]:
 
 
 def stalled(port: int, url: str) -> dict[str, Any]:
-    socks = []
-    for _ in range(40):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        sock.sendall(
-            b"POST /transcribe HTTP/1.1\r\nHost: x\r\n"
-            + f"Authorization: Bearer {KEY}\r\n".encode()
-            + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000\r\n\r\n"
-            + (b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + b"\0" * 100)
-        )
-        socks.append(sock)
+    socks = [stalled_upload(port, KEY) for _ in range(40)]
     time.sleep(1.0)
-    codes = []
-    for sock in socks:
-        sock.setblocking(False)
-        try:
-            codes.append(status_of(sock.recv(4096)))
-        except BlockingIOError:
-            codes.append(0)
+    codes = answers_now(socks)
     started = time.monotonic()
-    other = httpx.post(
-        f"{url}/transcribe",
-        headers={"Authorization": f"Bearer {OTHER}"},
-        files={"file": ("jfk.flac", JFK.read_bytes())},
-        timeout=120,
-    )
+    other = submit_as(url, OTHER, timeout=120)
     other_s = time.monotonic() - started
     for sock in socks:
         sock.close()

@@ -3,10 +3,8 @@ through the bundled nginx (configs/nginx, the production path), by a black-box c
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +12,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.attacks import (
+    HealthProbe,
+    answers_now,
+    big_header,
+    chunked_upload,
+    stalled_upload,
+    status_of,
+    submit_as,
+)
 from tests.serve.conftest import KEY, MAX_UPLOADS_PER_KEY, OTHER_KEY, Server
 from tests.serve.launcher import NginxFront, listening
 
 pytestmark = pytest.mark.serve
-
-JFK = Path(__file__).parents[1] / "data" / "jfk.flac"
-MB = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -31,90 +35,6 @@ def front(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     proxy.start()
     yield proxy
     proxy.stop()
-
-
-class HealthProbe:
-    """Asks /health every 0.1 s in the background; the slowest answer and every status."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.latencies: list[float] = []
-        self.codes: set[object] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self.codes.add(httpx.get(f"{self.url}/health", timeout=30).status_code)
-            except httpx.HTTPError as exc:
-                self.codes.add(type(exc).__name__)
-            self.latencies.append(time.monotonic() - started)
-            time.sleep(0.1)
-
-    def __enter__(self) -> HealthProbe:
-        self._thread.start()
-        time.sleep(0.3)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        time.sleep(0.3)
-        self._stop.set()
-        self._thread.join()
-
-
-def big_header(port: int, megabytes: int) -> bytes:
-    """A key-less request with one header of ``megabytes``; what came back (or b'')."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
-        try:
-            for _ in range(megabytes):
-                sock.sendall(b"a" * MB)
-            sock.sendall(b"\r\n\r\n")
-        except OSError:
-            pass  # the proxy answered and closed while we were still sending
-        try:
-            return sock.recv(4096)
-        except OSError:
-            return b""
-
-
-def chunked_upload(port: int, key: str, megabytes: int) -> tuple[bytes, int]:
-    """A chunked multipart body of ``megabytes``; the answer and how many MB went out first."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(
-            b"POST /transcribe HTTP/1.1\r\nHost: x\r\n"
-            + f"Authorization: Bearer {key}\r\n".encode()
-            + b"Content-Type: multipart/form-data; boundary=b\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
-        )
-        part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
-        sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
-        data = b"\0" * MB
-        sent = 0
-        answer = b""
-        try:
-            while sent < megabytes and not answer:
-                sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
-                sent += 1
-                sock.setblocking(False)
-                with contextlib.suppress(BlockingIOError):
-                    answer = sock.recv(4096)
-                sock.setblocking(True)
-        except OSError:
-            pass
-        if not answer:
-            sock.settimeout(30)
-            try:
-                answer = sock.recv(4096)
-            except OSError:
-                answer = b""
-        return answer, sent
-
-
-def status_of(answer: bytes) -> int:
-    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
 
 
 def test_the_default_config_listens_on_loopback_only(server: Server) -> None:
@@ -170,35 +90,15 @@ def test_a_chunked_body_over_the_limit_is_refused_early(front: NginxFront, serve
 def test_stalled_uploads_of_one_key_leave_other_keys_served(server: Server) -> None:
     """Issue 11: 520 uploads that declared 1000 bytes and stopped after 150 blocked every
     client for 140 s. Now one key gets MAX_UPLOADS_PER_KEY of them per gateway and 429s."""
-    stalled = []
-    codes = []
+    stalled: list[socket.socket] = []
     try:
-        for _ in range(40):
-            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-            sock.sendall(
-                b"POST /transcribe HTTP/1.1\r\nHost: x\r\n"
-                + f"Authorization: Bearer {KEY}\r\n".encode()
-                + b"Content-Type: multipart/form-data; boundary=b\r\n"
-                b"Content-Length: 1000\r\n\r\n"
-                + (b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + b"\0" * 100)
-            )
-            stalled.append(sock)
+        stalled = [stalled_upload(server.port, KEY) for _ in range(40)]
         time.sleep(1.0)
-        for sock in stalled:
-            sock.setblocking(False)
-            try:
-                codes.append(status_of(sock.recv(4096)))
-            except BlockingIOError:
-                codes.append(0)  # still held: a stalled upload in progress
+        codes = answers_now(stalled)  # 0: still held, a stalled upload in progress
         # Two gateways, MAX_UPLOADS_PER_KEY each (Ray may route unevenly: a little room).
         assert codes.count(429) >= 40 - 2 * MAX_UPLOADS_PER_KEY - 2, codes
         started = time.monotonic()
-        other = httpx.post(
-            f"{server.url}/transcribe",
-            headers={"Authorization": f"Bearer {OTHER_KEY}"},
-            files={"file": ("jfk.flac", JFK.read_bytes())},
-            timeout=30,
-        )
+        other = submit_as(server.url, OTHER_KEY, timeout=30)
         assert other.status_code == 202, other.text
         assert time.monotonic() - started < 2.0
         started = time.monotonic()

@@ -357,30 +357,29 @@ class WaitsForABatch(LocalClient):
         return {"result": {"text": "ok", "segments": [], "language": "en", "duration": 1.0}}
 
 
-def test_the_attempt_timeout_counts_decoding_not_the_wait_for_a_batch(tmp_path: Path) -> None:
-    """Issue 11: under a burst of 200 jobs, 12 timed out after 124 s queued in the replica
-    and were decoded twice."""
+def one_job_with_short_attempts(tmp_path: Path, client: LocalClient) -> dict:
+    """One job to its end, tries of 0.3 s (ATTEMPT_TIMEOUT_BASE_S), at most two."""
     settings = make_settings(
         tmp_path, attempt_timeout_base_s=0.3, attempt_timeout_per_audio_s=0, max_attempts=2
     )
-    waits = WaitsForABatch(wait_s=1.0, decode_s=0.1)
-    app = create_app(settings, waits)
+    app = create_app(settings, client)
     app.state.dispatcher.sweep_interval_s = 0.05
     with TestClient(app) as c:
-        done = wait_done(c, submit(c, JFK.read_bytes())["job_id"])
+        return wait_done(c, submit(c, JFK.read_bytes())["job_id"])
+
+
+def test_the_attempt_timeout_counts_decoding_not_the_wait_for_a_batch(tmp_path: Path) -> None:
+    """Issue 11: under a burst of 200 jobs, 12 timed out after 124 s queued in the replica
+    and were decoded twice."""
+    waits = WaitsForABatch(wait_s=1.0, decode_s=0.1)
+    done = one_job_with_short_attempts(tmp_path, waits)
     assert done["status"] == "done", done
     assert done["attempts"] == 1 and waits.calls == 1
 
 
 def test_a_decode_that_hangs_still_times_out(tmp_path: Path) -> None:
-    settings = make_settings(
-        tmp_path, attempt_timeout_base_s=0.3, attempt_timeout_per_audio_s=0, max_attempts=2
-    )
     hangs = WaitsForABatch(wait_s=0.0, decode_s=3600)
-    app = create_app(settings, hangs)
-    app.state.dispatcher.sweep_interval_s = 0.05
-    with TestClient(app) as c:
-        done = wait_done(c, submit(c, JFK.read_bytes())["job_id"])
+    done = one_job_with_short_attempts(tmp_path, hangs)
     assert done["status"] == "error" and "timeout" in done["error"]
     assert hangs.calls == 2
 

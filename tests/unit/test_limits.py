@@ -6,8 +6,6 @@ does) and talk to it over raw sockets, as the attacks of issue 11 did.
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,17 +19,13 @@ from fastapi.testclient import TestClient
 
 from serve_app.auth import fingerprint
 from serve_app.main import create_app
+from tests.attacks import response, stalled_upload, submit_as
 from tests.fakes import LocalClient
+from tests.serve.launcher import free_port
 from tests.unit.helpers import AUTH, JFK, KEY, Hanging, make_settings, submit, uploads
 
 OTHER_KEY = "other-key-456"
 TWO_KEYS = f"{KEY},{OTHER_KEY}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -57,39 +51,6 @@ def serve() -> Iterator[object]:
     for server, thread in servers:
         server.should_exit = True
         thread.join(timeout=10)
-
-
-def stalled_upload(port: int, key: str, declared: int = 1000, sent: int = 150) -> socket.socket:
-    """A multipart upload that declares ``declared`` bytes and stops after ``sent``."""
-    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
-    body = (head + b"\0" * declared)[:sent]
-    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-    sock.sendall(
-        b"POST /transcribe HTTP/1.1\r\nHost: x\r\n"
-        + f"Authorization: Bearer {key}\r\n".encode()
-        + b"Content-Type: multipart/form-data; boundary=b\r\n"
-        + f"Content-Length: {declared}\r\n\r\n".encode()
-        + body
-    )
-    return sock
-
-
-def response(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
-    """Status, headers and JSON body of the one response on ``sock``."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, "the server closed the connection without answering"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk
-        body += chunk
-    return int(lines[0].split()[1]), headers, json.loads(body[:length] or b"{}")
 
 
 def test_a_stalled_upload_is_cut_off_with_408_and_leaves_nothing(
@@ -141,12 +102,7 @@ def test_one_key_with_stalled_uploads_gets_429_and_other_keys_are_served(
         assert code == 429, body
         assert "MAX_UPLOADS_PER_KEY" in body["detail"] and int(headers["retry-after"]) > 0
         url = f"http://127.0.0.1:{port}"
-        other = httpx.post(
-            f"{url}/transcribe",
-            headers={"Authorization": f"Bearer {OTHER_KEY}"},
-            files={"file": ("a.flac", JFK.read_bytes())},
-            timeout=10,
-        )
+        other = submit_as(url, OTHER_KEY, timeout=10)
         assert other.status_code == 202, other.text
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200
     finally:
