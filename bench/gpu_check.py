@@ -103,8 +103,7 @@ def tokenizer_of(backend: Any) -> WhisperTokenizer:
 def pipeline(backend: Any) -> Any:
     """The server's pipeline (deployments/engine.py) over ``backend``, packing on."""
     from deployments.engine import WhisperEngine
-    from deployments.interface import EngineConfig
-    from deployments.packing import Packing
+    from deployments.interface import EngineConfig, Packing
 
     engine = WhisperEngine(EngineConfig(model="tiny.en"), backend=backend)
     engine.set_packing(Packing(enabled=True))

@@ -35,8 +35,8 @@ import numpy as np
 
 from deployments.engine import WhisperEngine
 from deployments.engines.contract import SAMPLE_RATE
-from deployments.interface import Chunk, EngineConfig, TranscribeOptions
-from deployments.packing import Packing
+from deployments.interface import Chunk, EngineConfig, Packing
+from deployments.protocol import TranscribeOptions
 from tests.audio_util import judge, real_clips, wav_bytes, words
 
 RESULTS = Path(__file__).parent / "results"

@@ -32,10 +32,11 @@ import jiwer
 
 from bench.clips import Clip, make_clips
 from bench.packing import measure as measure_packing
+from deployments.assemble import assemble
 from deployments.engine import WhisperEngine
-from deployments.interface import EngineConfig, TranscribeOptions, assemble
+from deployments.interface import EngineConfig, Packing
 from deployments.models import resolve_model
-from deployments.packing import Packing
+from deployments.protocol import TranscribeOptions
 from tests.audio_util import words
 from tests.serve.launcher import ServeProcess, config_on_port, free_port, replica_pids
 

@@ -31,8 +31,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from deployments.interface import Chunk, ChunkResult
-from deployments.packing import Packing, Window, plan_windows
+from deployments.interface import Chunk, ChunkResult, Packing
+from deployments.packing import Window, plan_windows
 
 # A packed window filled less than this is held back while more chunks are coming.
 MIN_FILL = 0.5

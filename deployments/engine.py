@@ -34,19 +34,11 @@ from deployments.interface import (
     Chunk,
     ChunkResult,
     EngineConfig,
-    PreparedAudio,
-    Segment,
-    Task,
-    TranscribeOptions,
-)
-from deployments.packing import (
-    REACH_SLACK_S,
     Packing,
-    Window,
-    clip_segments,
-    plan_windows,
-    timed_words,
+    PreparedAudio,
 )
+from deployments.packing import REACH_SLACK_S, Window, clip_segments, plan_windows, timed_words
+from deployments.protocol import Segment, Task, TranscribeOptions
 
 logger = logging.getLogger("ray.serve.whisper.engine")
 

@@ -25,25 +25,11 @@ from typing import Any
 import numpy as np
 
 from deployments.engines.contract import SAMPLE_RATE, TIME_PRECISION
-from deployments.interface import Chunk, Segment, Word
+from deployments.interface import GAP_S, Chunk, Packing
+from deployments.protocol import Segment, Word
 
-GAP_S = 1.0
 # Speech left after the last decoded word for a clip to count as cut short.
 REACH_SLACK_S = 1.0
-
-
-@dataclass(frozen=True)
-class Packing:
-    """Live-tunable packing (``user_config``)."""
-
-    enabled: bool = False
-    """Off by default (docs/architecture.md, "Packing"); serve_config's pack_short_jobs."""
-    window_s: float = 28.0
-
-    @property
-    def max_clip_s(self) -> float:
-        """Clips longer than this decode alone: two must fit in a window."""
-        return (self.window_s - GAP_S) / 2
 
 
 @dataclass

@@ -13,19 +13,20 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import metrics
 
+from deployments.assemble import assemble
 from deployments.batcher import BatchLimits, BatchStats, ChunkBatcher
 from deployments.engine import WhisperEngine
 from deployments.engines.contract import WINDOW_S
-from deployments.interface import (
-    AudioError,
-    Chunk,
-    ChunkResult,
-    Engine,
-    EngineConfig,
+from deployments.interface import AudioError, Chunk, ChunkResult, Engine, EngineConfig, Packing
+from deployments.protocol import (
+    Decoding,
+    Event,
+    Finished,
+    Progress,
+    Queued,
+    Rejected,
     TranscribeOptions,
-    assemble,
 )
-from deployments.packing import Packing
 
 logger = logging.getLogger("ray.serve.whisper.transcriber")
 
@@ -108,20 +109,23 @@ class Transcriber:
         )
 
     async def transcribe(
-        self, audio: bytes, options: dict[str, Any], owner: str = "", more_coming: bool = False
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Stream ``{"progress": share}`` while a long job decodes, then its end.
+        self,
+        audio: bytes,
+        options: TranscribeOptions,
+        owner: str = "",
+        more_coming: bool = False,
+    ) -> AsyncIterator[Event]:
+        """Stream a job's events (deployments/protocol.py), ending with Finished or Rejected.
 
-        Before that, ``{"queued": true}`` once the job waits here for a batch and
-        ``{"decoding": true}`` once its first chunk is in one: the caller's attempt
-        timeout counts decoding, not the wait for a batch. The end is
-        ``{"result": transcript}``, or ``{"error": message}`` for bad input.
-        Short jobs share windows only with jobs of the same ``owner`` (and
-        options): one client's words never reach another's transcript.
-        ``more_coming``: the caller is taking in more jobs right now, so the
-        next batch should wait for them (the first job of a burst would
-        otherwise be decoded alone). Failures that a retry could fix (a dead
-        replica, an engine crash) raise. Called through a streaming handle.
+        ``Queued`` once the job waits here for a batch and ``Decoding`` once its
+        first chunk is in one: the caller's attempt timeout counts decoding, not
+        the wait for a batch. ``Progress`` while a long job decodes. ``Rejected``
+        is for bad input only. Short jobs share windows only with jobs of the
+        same ``owner`` (and options): one client's words never reach another's
+        transcript. ``more_coming``: the caller is taking in more jobs right
+        now, so the next batch should wait for them (the first job of a burst
+        would otherwise be decoded alone). Failures that a retry could fix (a
+        dead replica, an engine crash) raise. Called through a streaming handle.
         """
         if more_coming:
             self._busy_until = time.monotonic() + BUSY_HINT_S
@@ -130,13 +134,10 @@ class Transcriber:
         started = asyncio.Event()
         try:
             try:
-                try:
-                    opts = TranscribeOptions(**options)
-                except TypeError as exc:  # an option this replica does not know
-                    raise AudioError(f"invalid options: {exc}") from exc
-                prepared = await asyncio.to_thread(self.engine.prepare, audio, opts)
+                prepared = await asyncio.to_thread(self.engine.prepare, audio, options)
+                pack_key = f"{owner}|{options.model_dump_json()}"
                 for chunk in prepared.chunks:
-                    chunk.pack_key = f"{owner}|{opts}"
+                    chunk.pack_key = pack_key
                     chunk.owner = owner
                 decoding = self._batcher.enqueue(prepared.chunks, started)
             finally:
@@ -146,28 +147,28 @@ class Transcriber:
                 self._batcher.nudge()
             pending = set(decoding)
             if len(pending) > 1:  # a long job: say what language it is in, before its end
-                yield {"progress": 0.0, "language": prepared.language}
+                yield Progress(0.0, prepared.language)
             if pending:
-                yield {"queued": True}
+                yield Queued()
                 waiting: asyncio.Future[Any] = asyncio.ensure_future(started.wait())
                 try:
                     first: set[asyncio.Future[Any]] = {waiting, *pending}
                     await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waiting.cancel()
-                yield {"decoding": True}
+                yield Decoding()
             while pending:
                 _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if pending:  # one update per batch that ends, not per chunk
-                    yield {"progress": round(1 - len(pending) / len(decoding), 3)}
+                    yield Progress(round(1 - len(pending) / len(decoding), 3))
             transcript = assemble(prepared, [f.result() for f in decoding])
         except AudioError as exc:  # bad input only: anything else raises, and is retried
-            yield {"error": str(exc)}
+            yield Rejected(str(exc))
             return
         finally:
             for future in decoding:
                 future.cancel()  # the caller went away: the batcher skips them
-        yield {"result": transcript.to_dict()}
+        yield Finished(transcript)
 
     def _coming(self) -> bool:
         """More chunks are on their way: jobs being prepared here, or a caller's hint."""

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from serve_app.dispatcher import Dispatcher
+from serve_app.ends import EndWatcher
 from serve_app.jobs import JobStore
+from serve_app.pacing import StatusPacer
+from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def _state(name: str) -> Any:
+    def get(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return Depends(get)
 
 
-def _store(request: Request) -> JobStore:
-    store: JobStore = request.app.state.store
-    return store
-
-
-def _dispatcher(request: Request) -> Dispatcher:
-    dispatcher: Dispatcher = request.app.state.dispatcher
-    return dispatcher
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
-StoreDep = Annotated[JobStore, Depends(_store)]
-DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]
+SettingsDep = Annotated[Settings, _state("settings")]
+StoreDep = Annotated[JobStore, _state("store")]
+RunnerDep = Annotated[JobRunner, _state("runner")]
+EndsDep = Annotated[EndWatcher, _state("ends")]
+PacerDep = Annotated[StatusPacer, _state("pacer")]

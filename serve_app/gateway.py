@@ -6,9 +6,9 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.dispatcher import HandleClient
 from serve_app.main import create_app
 from serve_app.settings import Settings
+from serve_app.transcriber_client import HandleClient
 
 
 @serve.deployment(

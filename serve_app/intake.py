@@ -11,11 +11,11 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import HTTPException, Request, status
 
-from serve_app.dispatcher import Dispatcher
+from deployments.protocol import TranscribeOptions
+from serve_app.ends import EndWatcher
 from serve_app.jobs import (
     IdempotencyConflict,
     Job,
@@ -24,7 +24,8 @@ from serve_app.jobs import (
     OwnerQuotaFull,
     QueueFull,
 )
-from serve_app.options import parse_options
+from serve_app.options import parse_options, stored
+from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 from serve_app.uploads import check_declared_length, probe_duration, receive_upload, too_long
 from serve_app.webhooks import check_callback_url
@@ -65,9 +66,9 @@ async def accept_job(
     owner: str,
     settings: Settings,
     store: JobStore,
-    dispatcher: Dispatcher,
+    runner: JobRunner,
     idempotency_key: str | None = None,
-    options_from: Callable[[dict[str, str]], dict[str, Any]] = parse_options,
+    options_from: Callable[[dict[str, str]], TranscribeOptions] = parse_options,
     takes_callback: bool = False,
 ) -> tuple[Job, bool]:
     """Stream the upload to disk, check it, record a queued job and start it.
@@ -76,11 +77,11 @@ async def accept_job(
     job and False. Leaves no file behind when it refuses. ``takes_callback``:
     the form may carry a ``callback_url`` (checked against WEBHOOK_ALLOWED_HOSTS).
     """
-    if dispatcher.uploads_in_progress(owner) >= settings.max_uploads_per_key:
+    if runner.uploads_in_progress(owner) >= settings.max_uploads_per_key:
         raise too_many(
             f"this key has {settings.max_uploads_per_key} uploads in progress (MAX_UPLOADS_PER_KEY)"
         )
-    with dispatcher.receiving(owner):
+    with runner.receiving(owner):
         limit = settings.max_file_bytes
         check_declared_length(request.headers.get("content-length"), limit)
         if idempotency_key is None and await asyncio.to_thread(store.count_active) >= (
@@ -114,7 +115,7 @@ async def accept_job(
                 size_bytes=upload.size,
                 duration=duration,
                 audio_path=str(dest),
-                options=options,
+                options=stored(options),
                 deadline_s=settings.job_deadline(duration),
                 max_active=settings.max_queued_jobs,
                 max_owner_jobs=settings.max_jobs_per_key,
@@ -141,7 +142,7 @@ async def accept_job(
         if not created:
             dest.unlink(missing_ok=True)
             return job, False
-        dispatcher.submit(job_id)
+        runner.submit(job_id)
         logger.info(
             "job %s queued: %d bytes, %s s of audio",
             job_id,
@@ -160,7 +161,7 @@ async def own_job(store: JobStore, job_id: str, owner: str) -> Job:
 
 
 async def wait_for_end(
-    store: JobStore, dispatcher: Dispatcher, job_id: str, owner: str, wait: float
+    store: JobStore, ends: EndWatcher, job_id: str, owner: str, wait: float
 ) -> Job:
     """The job once it is done or failed, or as it is after ``wait`` seconds."""
     job = await own_job(store, job_id, owner)
@@ -169,6 +170,6 @@ async def wait_for_end(
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        await dispatcher.wait_job_end(job_id, min(left, WAIT_RECHECK_S))
+        await ends.wait(job_id, min(left, WAIT_RECHECK_S))
         job = await own_job(store, job_id, owner)
     return job

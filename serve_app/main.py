@@ -1,4 +1,4 @@
-"""The FastAPI app: routes, auth, CORS and the job dispatcher, built from settings."""
+"""The FastAPI app: routes, auth, CORS and the gateway's job machinery, built from settings."""
 
 from __future__ import annotations
 
@@ -20,13 +20,20 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.dispatcher import Dispatcher, TranscriberClient
+from serve_app.background import Background
+from serve_app.ends import EndWatcher
 from serve_app.errors import UploadError
+from serve_app.housekeeper import Housekeeper
 from serve_app.jobs import JobStore
+from serve_app.metrics import JobMetrics
 from serve_app.openai_compat import error_body
 from serve_app.openai_compat import router as openai_router
+from serve_app.pacing import StatusPacer
 from serve_app.routes import health_router, jobs_router
+from serve_app.runner import JobRunner
 from serve_app.settings import Settings
+from serve_app.transcriber_client import TranscriberClient
+from serve_app.webhooks import Sender
 
 logger = logging.getLogger("ray.serve.whisper.app")
 
@@ -82,15 +89,26 @@ def _offline_docs(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings, client: TranscriberClient) -> FastAPI:
-    """Build the HTTP app; the dispatcher runs while the app's lifespan does."""
+    """Build the HTTP app; jobs run while the app's lifespan does."""
     store = JobStore(settings.database_file if settings.use_sqlite else None)
-    dispatcher = Dispatcher(store, client, settings)
+    metrics = JobMetrics()
+    ends = EndWatcher(store)
+    webhooks = Sender(store, settings, metrics)
+    runner = JobRunner(store, client, settings, metrics=metrics, ends=ends, webhooks=webhooks)
+    background = Background(
+        store=store,
+        runner=runner,
+        ends=ends,
+        housekeeper=Housekeeper(store, settings, metrics),
+        webhooks=webhooks,
+        metrics=metrics,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        dispatcher.start()
+        background.start()
         yield
-        await dispatcher.stop()
+        await background.stop()
 
     app = FastAPI(
         title="Whisper async job server",
@@ -103,7 +121,10 @@ def create_app(settings: Settings, client: TranscriberClient) -> FastAPI:
     _offline_docs(app)
     app.state.settings = settings
     app.state.store = store
-    app.state.dispatcher = dispatcher
+    app.state.runner = runner
+    app.state.ends = ends
+    app.state.pacer = StatusPacer(settings)
+    app.state.background = background
     app.add_middleware(
         StrictCORS,
         allow_origins=settings.allowed_origins,

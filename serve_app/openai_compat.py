@@ -15,14 +15,16 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 
+from deployments.protocol import TranscribeOptions
 from serve_app.auth import OwnerDep, require_api_key
-from serve_app.deps import DispatcherDep, SettingsDep, StoreDep
-from serve_app.dispatcher import Dispatcher
+from serve_app.deps import EndsDep, RunnerDep, SettingsDep, StoreDep
+from serve_app.ends import EndWatcher
 from serve_app.errors import UploadError
 from serve_app.formats import MEDIA_TYPES, render
 from serve_app.intake import accept_job, wait_for_end
 from serve_app.jobs import JobStatus, JobStore
 from serve_app.options import parse_options
+from serve_app.runner import JobRunner
 from serve_app.settings import Settings
 from serve_app.uploads import multipart_openapi
 
@@ -74,7 +76,7 @@ PACK_GROUP_HEADER = "X-Whisper-Pack-Group"
 
 def job_options(
     fields: dict[str, str], task: str, settings: Settings, headers: Mapping[str, str] | None = None
-) -> dict[str, Any]:
+) -> TranscribeOptions:
     """Map OpenAI's form fields (and our packing headers) onto this server's job options."""
     model = fields.get("model", MODEL_ALIASES[0])
     if model not in (*MODEL_ALIASES, settings.whisper_model):
@@ -126,11 +128,12 @@ async def _run(
     owner: str,
     settings: Settings,
     store: JobStore,
-    dispatcher: Dispatcher,
+    runner: JobRunner,
+    ends: EndWatcher,
 ) -> Response:
     fields: dict[str, str] = {}
 
-    def options_from(form: dict[str, str]) -> dict[str, Any]:
+    def options_from(form: dict[str, str]) -> TranscribeOptions:
         fields.update(form)
         return job_options(form, task, settings, request.headers)
 
@@ -139,10 +142,10 @@ async def _run(
         owner=owner,
         settings=settings,
         store=store,
-        dispatcher=dispatcher,
+        runner=runner,
         options_from=options_from,
     )
-    job = await wait_for_end(store, dispatcher, job.id, owner, OPENAI_WAIT_S)
+    job = await wait_for_end(store, ends, job.id, owner, OPENAI_WAIT_S)
     if job.status == JobStatus.error:
         code = status.HTTP_400_BAD_REQUEST if job.error_code == "invalid_audio" else 500
         raise HTTPException(code, job.error or "transcription failed")
@@ -184,10 +187,11 @@ async def transcriptions(
     owner: OwnerDep,
     settings: SettingsDep,
     store: StoreDep,
-    dispatcher: DispatcherDep,
+    runner: RunnerDep,
+    ends: EndsDep,
 ) -> Response:
     """Speech to text in its own language (OpenAI's ``audio.transcriptions.create``)."""
-    return await _run(request, "transcribe", owner, settings, store, dispatcher)
+    return await _run(request, "transcribe", owner, settings, store, runner, ends)
 
 
 @router.post("/audio/translations", openapi_extra=_FORM, responses=_ANSWERS)
@@ -196,7 +200,8 @@ async def translations(
     owner: OwnerDep,
     settings: SettingsDep,
     store: StoreDep,
-    dispatcher: DispatcherDep,
+    runner: RunnerDep,
+    ends: EndsDep,
 ) -> Response:
     """Speech to English text (``audio.translations.create``; needs a multilingual model)."""
-    return await _run(request, "translate", owner, settings, store, dispatcher)
+    return await _run(request, "translate", owner, settings, store, runner, ends)

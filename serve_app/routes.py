@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from fastapi.responses import JSONResponse
 
 from serve_app.auth import OwnerDep, require_api_key
-from serve_app.deps import DispatcherDep, SettingsDep, StoreDep
+from serve_app.deps import EndsDep, PacerDep, RunnerDep, SettingsDep, StoreDep
 from serve_app.formats import MEDIA_TYPES, render
 from serve_app.intake import accept_job, own_job, too_many, wait_for_end
 from serve_app.jobs import Job, JobStatus
@@ -73,7 +73,7 @@ async def submit_job(
     owner: OwnerDep,
     settings: SettingsDep,
     store: StoreDep,
-    dispatcher: DispatcherDep,
+    runner: RunnerDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -88,7 +88,7 @@ async def submit_job(
         owner=owner,
         settings=settings,
         store=store,
-        dispatcher=dispatcher,
+        runner=runner,
         idempotency_key=idempotency_key,
         takes_callback=True,
     )
@@ -166,7 +166,8 @@ async def get_job(
     response: Response,
     owner: OwnerDep,
     store: StoreDep,
-    dispatcher: DispatcherDep,
+    ends: EndsDep,
+    pacer: PacerDep,
     settings: SettingsDep,
     wait: Annotated[
         float,
@@ -185,17 +186,17 @@ async def get_job(
 
     With ``wait=N`` the answer comes as soon as the job ends, or after N seconds.
     """
-    if not dispatcher.read_allowed(owner):
+    if not pacer.read_allowed(owner):
         raise too_many(
             f"this key reads job status more than {settings.status_reads_per_s_per_key:g} "
             "times a second (STATUS_READS_PER_S_PER_KEY): poll with ?wait=N instead",
             retry_after=1,
         )
-    job = await wait_for_end(store, dispatcher, job_id, owner, wait)
+    job = await wait_for_end(store, ends, job_id, owner, wait)
     if wait == 0 and job.status not in ENDED:
-        hold = dispatcher.pace(job_id)  # polled faster than STATUS_POLL_INTERVAL_S
+        hold = pacer.hold(job_id)  # polled faster than STATUS_POLL_INTERVAL_S
         if hold > 0:
-            job = await wait_for_end(store, dispatcher, job_id, owner, hold)
+            job = await wait_for_end(store, ends, job_id, owner, hold)
     # A job still running: when to ask again (a client that can, asks with wait=N).
     # Retry-After: STATUS_POLL_INTERVAL_S, the pace a poll without wait is held to.
     again = max(1, math.ceil(settings.status_poll_interval_s))
@@ -223,13 +224,11 @@ async def get_job(
     status_code=status.HTTP_204_NO_CONTENT,
     responses={404: {"model": ErrorBody}},
 )
-async def delete_job(
-    job_id: str, owner: OwnerDep, store: StoreDep, dispatcher: DispatcherDep
-) -> Response:
+async def delete_job(job_id: str, owner: OwnerDep, store: StoreDep, runner: RunnerDep) -> Response:
     """Remove the job, its audio and its transcript; a running job is cancelled."""
     await own_job(store, job_id, owner)
     job = await asyncio.to_thread(store.delete, job_id)
-    dispatcher.cancel(job_id)
+    runner.cancel(job_id)
     if job is not None and job.audio_path:
         Path(job.audio_path).unlink(missing_ok=True)
     logger.info("job %s deleted", job_id)

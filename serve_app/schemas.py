@@ -7,25 +7,8 @@ from typing import Self
 
 from pydantic import BaseModel, Field
 
+from deployments.protocol import Segment
 from serve_app.jobs import Job, JobStatus
-
-
-class WordPublic(BaseModel):
-    word: str
-    start: float
-    end: float
-    probability: float
-
-
-class SegmentPublic(BaseModel):
-    id: int
-    start: float = Field(description="seconds from the start of the audio")
-    end: float
-    text: str
-    words: list[WordPublic] | None = Field(default=None, description="with word_timestamps=true")
-    language: str | None = Field(
-        default=None, description="with multilingual=true: the language spoken in this segment"
-    )
 
 
 class WebhookPublic(BaseModel):
@@ -100,7 +83,7 @@ class JobPublic(JobSummary):
         default=None, description="while queued: 1 when this job runs next"
     )
     text: str | None = None
-    segments: list[SegmentPublic] | None = None
+    segments: list[Segment] | None = None
     webhook: WebhookPublic | None = Field(default=None, description="with callback_url")
 
     @classmethod

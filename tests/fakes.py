@@ -14,14 +14,12 @@ from deployments.interface import (
     Chunk,
     ChunkResult,
     EngineConfig,
+    Packing,
     PreparedAudio,
-    Segment,
-    TranscribeOptions,
-    Word,
 )
-from deployments.packing import Packing
+from deployments.protocol import End, Event, Segment, TranscribeOptions, Word
 from deployments.transcriber import Transcriber
-from serve_app.dispatcher import ProgressFn, StageFn, follow
+from serve_app.transcriber_client import ProgressFn, StageFn, follow
 
 
 class FakeEngine:
@@ -75,7 +73,14 @@ class FakeEngine:
                         start=c.offset,
                         end=c.offset + c.duration,
                         text=" " + "".join(chr(x) for x in c.prompt),
-                        words=[Word(c.offset, c.offset + c.duration, " fake", 0.9)]
+                        words=[
+                            Word(
+                                word=" fake",
+                                start=c.offset,
+                                end=c.offset + c.duration,
+                                probability=0.9,
+                            )
+                        ]
                         if c.word_timestamps
                         else None,
                     )
@@ -99,18 +104,18 @@ class LocalClient:
     async def transcribe(
         self,
         audio: bytes,
-        options: dict[str, Any],
+        options: TranscribeOptions,
         owner: str = "",
         more_coming: bool = False,
         on_progress: ProgressFn | None = None,
         on_stage: StageFn | None = None,
-    ) -> dict[str, Any]:
+    ) -> End:
         self.calls += 1
         events = self.transcriber.transcribe(audio, options, owner, more_coming)
         return await follow(events, on_progress, on_stage)
 
 
-async def final(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+async def final(events: AsyncIterator[Event]) -> End:
     """A Transcriber's last event (its result or error), progress skipped."""
     return await follow(events, None)
 
@@ -124,7 +129,7 @@ def long_job_client(chunks: int, seconds_per_batch: float) -> LocalClient:
             return super().run_batch(batch)
 
     class LongJobs(LocalClient):
-        async def transcribe(self, audio: bytes, *args: Any, **kw: Any) -> dict[str, Any]:
+        async def transcribe(self, audio: bytes, *args: Any, **kw: Any) -> End:
             return await super().transcribe(f"FAKE long {chunks}".encode(), *args, **kw)
 
     transcriber = Transcriber(EngineConfig(), engine_factory=Slow)

@@ -11,11 +11,13 @@ import jiwer
 import numpy as np
 import pytest
 
+from deployments.assemble import assemble
 from deployments.audio import decode
 from deployments.engine import WhisperEngine, before_loop
-from deployments.interface import AudioError, Chunk, EngineConfig, TranscribeOptions, assemble
+from deployments.interface import AudioError, Chunk, EngineConfig, Packing
 from deployments.models import ModelNotAvailable, resolve_model
-from deployments.packing import Packing, plan_windows
+from deployments.packing import plan_windows
+from deployments.protocol import TranscribeOptions
 from tests.audio_util import DATA, FOX_TEXT, JFK, JFK_TEXT, long_jfk, wav_bytes, words
 
 pytestmark = pytest.mark.model
@@ -30,7 +32,7 @@ def engine() -> WhisperEngine:
 
 def transcribe(engine: WhisperEngine, audio: bytes, **options: object) -> dict:
     prepared = engine.prepare(audio, TranscribeOptions(**options))  # type: ignore[arg-type]
-    return assemble(prepared, engine.run_batch(prepared.chunks)).to_dict()
+    return assemble(prepared, engine.run_batch(prepared.chunks)).stored()
 
 
 def test_jfk(engine: WhisperEngine) -> None:

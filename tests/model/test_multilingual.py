@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from deployments.assemble import assemble
 from deployments.audio import decode
 from deployments.engine import WhisperEngine
 from deployments.engines.contract import SAMPLE_RATE
-from deployments.interface import EngineConfig, TranscribeOptions, assemble
+from deployments.interface import EngineConfig
+from deployments.protocol import TranscribeOptions
 from deployments.transcriber import Transcriber
 from serve_app.main import create_app
 from tests.audio_util import DATA, JFK, wav_bytes, words
@@ -38,7 +40,7 @@ def engine() -> WhisperEngine:
 
 def test_french_comes_back_in_french(engine: WhisperEngine) -> None:
     prepared = engine.prepare(FRENCH.read_bytes(), TranscribeOptions())
-    result = assemble(prepared, engine.run_batch(prepared.chunks)).to_dict()
+    result = assemble(prepared, engine.run_batch(prepared.chunks)).stored()
     assert result["language"] == "fr"  # detected, not asked for
     assert "Bonjour à tous" in result["text"]
     heard = words(result["text"])
@@ -77,7 +79,7 @@ def test_multilingual_gives_each_window_its_own_language(engine: WhisperEngine) 
     both = TranscribeOptions(vad_filter=False, multilingual=True)
     prepared = engine.prepare(audio, both)
     assert [c.language for c in prepared.chunks] == ["en", "fr"]
-    result = assemble(prepared, engine.run_batch(prepared.chunks)).to_dict()
+    result = assemble(prepared, engine.run_batch(prepared.chunks)).stored()
     spoken = {s["language"] for s in result["segments"]}  # type: ignore[index]
     assert spoken == {"en", "fr"}, result["segments"]
     french = " ".join(s["text"] for s in result["segments"] if s["language"] == "fr")  # type: ignore[index]
@@ -85,7 +87,7 @@ def test_multilingual_gives_each_window_its_own_language(engine: WhisperEngine) 
     # Without it, the whole file is in the first window's language.
     once = engine.prepare(audio, TranscribeOptions(vad_filter=False))
     assert [c.language for c in once.chunks] == ["en", "en"]
-    plain = assemble(once, engine.run_batch(once.chunks)).to_dict()
+    plain = assemble(once, engine.run_batch(once.chunks)).stored()
     assert all("language" not in s for s in plain["segments"])  # type: ignore[union-attr]
 
 

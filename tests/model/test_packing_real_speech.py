@@ -12,8 +12,9 @@ import pytest
 
 from deployments.engine import WhisperEngine
 from deployments.engines.contract import SAMPLE_RATE
-from deployments.interface import EngineConfig, TranscribeOptions
-from deployments.packing import Packing, plan_windows
+from deployments.interface import EngineConfig, Packing
+from deployments.packing import plan_windows
+from deployments.protocol import TranscribeOptions
 from tests.audio_util import JFK, judge, real_clips, wav_bytes, words
 from tests.unit.test_packing import ONE_KEY
 

@@ -9,11 +9,12 @@ import jiwer
 import numpy as np
 import pytest
 
+from deployments.assemble import assemble
 from deployments.engine import WhisperEngine
 from deployments.engines import registry, timing
 from deployments.engines.tokenizer import WhisperTokenizer, load
-from deployments.interface import EngineConfig, TranscribeOptions, assemble
-from deployments.packing import Packing
+from deployments.interface import EngineConfig, Packing
+from deployments.protocol import TranscribeOptions
 from tests.audio_util import DATA, JFK, words
 from tests.model.test_multilingual import FRENCH_TEXT
 
@@ -55,7 +56,7 @@ def jobs(engine: WhisperEngine, files: list[Path], **options: object) -> list[di
     out, k = [], 0
     for p in prepared:
         n = len(p.chunks)
-        out.append(assemble(p, results[k : k + n]).to_dict())
+        out.append(assemble(p, results[k : k + n]).stored())
         k += n
     return out
 

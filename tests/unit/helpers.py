@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from deployments.protocol import End, TranscribeOptions
 from serve_app.settings import Settings
 from tests.fakes import LocalClient
 
@@ -54,8 +55,13 @@ class Hanging(LocalClient):
     """An engine that never answers."""
 
     async def transcribe(
-        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
-    ) -> dict:
+        self,
+        audio: bytes,
+        options: TranscribeOptions,
+        owner: str = "",
+        more_coming: bool = False,
+        **kw: Any,
+    ) -> End:
         self.calls += 1
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
@@ -66,12 +72,17 @@ class Recording(LocalClient):
 
     def __init__(self) -> None:
         super().__init__()
-        self.options: list[dict] = []
+        self.options: list[dict[str, Any]] = []
         self.hints: list[bool] = []
 
     async def transcribe(
-        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
-    ) -> dict:
-        self.options.append(options)
+        self,
+        audio: bytes,
+        options: TranscribeOptions,
+        owner: str = "",
+        more_coming: bool = False,
+        **kw: Any,
+    ) -> End:
+        self.options.append(options.model_dump(exclude_defaults=True))
         self.hints.append(more_coming)
         return await super().transcribe(audio, options, owner, more_coming, **kw)

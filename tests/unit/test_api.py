@@ -13,6 +13,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from deployments.protocol import (
+    Decoding,
+    End,
+    Finished,
+    Queued,
+    Rejected,
+    TranscribeOptions,
+    Transcript,
+)
 from serve_app.main import create_app
 from tests.fakes import LocalClient, long_job_client
 from tests.unit.helpers import (
@@ -175,9 +184,14 @@ def test_not_multipart_is_415(client: TestClient) -> None:
 def test_engine_refusal_ends_the_job_in_error(tmp_path: Path) -> None:
     class Refusing(LocalClient):
         async def transcribe(
-            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
-        ) -> dict:
-            return {"error": "could not decode the audio: broken frames"}
+            self,
+            audio: bytes,
+            options: TranscribeOptions,
+            owner: str = "",
+            more_coming: bool = False,
+            **kw: Any,
+        ) -> End:
+            return Rejected("could not decode the audio: broken frames")
 
     with TestClient(create_app(make_settings(tmp_path), Refusing())) as c:
         job = submit(c, JFK.read_bytes())
@@ -191,14 +205,19 @@ def test_engine_refusal_ends_the_job_in_error(tmp_path: Path) -> None:
 def test_a_crashing_engine_is_retried_then_reported(tmp_path: Path) -> None:
     class Crashing(LocalClient):
         async def transcribe(
-            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
-        ) -> dict:
+            self,
+            audio: bytes,
+            options: TranscribeOptions,
+            owner: str = "",
+            more_coming: bool = False,
+            **kw: Any,
+        ) -> End:
             self.calls += 1
             raise ConnectionError("replica died")
 
     crashing = Crashing()
     app = create_app(make_settings(tmp_path, max_attempts=2), crashing)
-    app.state.dispatcher.sweep_interval_s = 0.05
+    app.state.background.sweep_interval_s = 0.05
     with TestClient(app) as c:
         job = submit(c, JFK.read_bytes())
         done = wait_done(c, job["job_id"])
@@ -331,7 +350,7 @@ def test_a_hung_engine_times_out_and_the_job_ends(tmp_path: Path) -> None:
     )
     hanging = Hanging()
     app = create_app(settings, hanging)
-    app.state.dispatcher.sweep_interval_s = 0.05
+    app.state.background.sweep_interval_s = 0.05
     with TestClient(app) as c:
         done = wait_done(c, submit(c, JFK.read_bytes())["job_id"])
     assert done["status"] == "error" and done["error_code"] == "transcription_failed"
@@ -347,14 +366,19 @@ class WaitsForABatch(LocalClient):
         self.wait_s, self.decode_s = wait_s, decode_s
 
     async def transcribe(
-        self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
-    ) -> dict:
+        self,
+        audio: bytes,
+        options: TranscribeOptions,
+        owner: str = "",
+        more_coming: bool = False,
+        **kw: Any,
+    ) -> End:
         self.calls += 1
-        kw["on_stage"]("queued")
+        kw["on_stage"](Queued())
         await asyncio.sleep(self.wait_s)
-        kw["on_stage"]("decoding")
+        kw["on_stage"](Decoding())
         await asyncio.sleep(self.decode_s)
-        return {"result": {"text": "ok", "segments": [], "language": "en", "duration": 1.0}}
+        return Finished(Transcript(text="ok", segments=[], language="en", duration=1.0))
 
 
 def one_job_with_short_attempts(tmp_path: Path, client: LocalClient) -> dict:
@@ -363,7 +387,7 @@ def one_job_with_short_attempts(tmp_path: Path, client: LocalClient) -> dict:
         tmp_path, attempt_timeout_base_s=0.3, attempt_timeout_per_audio_s=0, max_attempts=2
     )
     app = create_app(settings, client)
-    app.state.dispatcher.sweep_interval_s = 0.05
+    app.state.background.sweep_interval_s = 0.05
     with TestClient(app) as c:
         return wait_done(c, submit(c, JFK.read_bytes())["job_id"])
 
@@ -386,8 +410,8 @@ def test_a_decode_that_hangs_still_times_out(tmp_path: Path) -> None:
 
 def test_retention_deletes_finished_jobs(tmp_path: Path) -> None:
     app = create_app(make_settings(tmp_path, job_retention_hours=0.5 / 3600), LocalClient())
-    app.state.dispatcher.sweep_interval_s = 0.05
-    app.state.dispatcher.housekeeping_interval_s = 0.1
+    app.state.background.sweep_interval_s = 0.05
+    app.state.background.housekeeping_interval_s = 0.1
     with TestClient(app) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         wait_done(c, job_id)
@@ -400,8 +424,7 @@ def test_retention_deletes_finished_jobs(tmp_path: Path) -> None:
 def test_fast_path_and_sweep_racing_for_a_job_still_run_it(tmp_path: Path) -> None:
     """A job the sweep claims before the submit's own task does is run, not dropped."""
     app = create_app(make_settings(tmp_path), LocalClient())
-    dispatcher = app.state.dispatcher
-    dispatcher.sweep_interval_s = 0.001  # sweep as often as possible to provoke the race
+    app.state.background.sweep_interval_s = 0.001  # sweep as often as possible to provoke the race
     with TestClient(app) as c:
         ids = [submit(c, JFK.read_bytes())["job_id"] for _ in range(20)]
         assert all(wait_done(c, job_id, timeout=5)["attempts"] == 1 for job_id in ids)
@@ -410,8 +433,13 @@ def test_fast_path_and_sweep_racing_for_a_job_still_run_it(tmp_path: Path) -> No
 def test_long_poll_answers_when_the_job_ends(tmp_path: Path) -> None:
     class Slow(LocalClient):
         async def transcribe(
-            self, audio: bytes, options: dict, owner: str = "", more_coming: bool = False, **kw: Any
-        ) -> dict:
+            self,
+            audio: bytes,
+            options: TranscribeOptions,
+            owner: str = "",
+            more_coming: bool = False,
+            **kw: Any,
+        ) -> End:
             await asyncio.sleep(0.5)
             return await super().transcribe(audio, options, owner, more_coming, **kw)
 
@@ -566,7 +594,7 @@ def test_listing_pages_through_own_jobs_newest_first(tmp_path: Path) -> None:
 
 def test_a_queued_job_shows_its_place_in_the_queue(tmp_path: Path) -> None:
     app = create_app(make_settings(tmp_path), Hanging())
-    app.state.dispatcher.max_in_flight = 1  # one job runs; the others wait their turn
+    app.state.runner.max_in_flight = 1  # one job runs; the others wait their turn
     with TestClient(app) as c:
         ids = [submit(c, JFK.read_bytes())["job_id"] for _ in range(3)]
         time.sleep(0.3)
@@ -613,7 +641,7 @@ def test_fast_polls_of_an_unfinished_job_are_paced_not_refused(tmp_path: Path) -
 
 def test_a_paced_poll_answers_as_soon_as_the_job_ends(tmp_path: Path) -> None:
     class Slow(LocalClient):
-        async def transcribe(self, *args: Any, **kw: Any) -> dict:
+        async def transcribe(self, *args: Any, **kw: Any) -> End:
             await asyncio.sleep(0.4)
             return await super().transcribe(*args, **kw)
 
@@ -628,7 +656,7 @@ def test_a_paced_poll_answers_as_soon_as_the_job_ends(tmp_path: Path) -> None:
 
 def test_a_long_poll_hears_of_a_job_another_gateway_ends(tmp_path: Path) -> None:
     """Two gateway replicas share the file: the waiting one learns of the end at once."""
-    from serve_app.dispatcher import Dispatcher
+    from serve_app.ends import EndWatcher
     from serve_app.intake import WAIT_RECHECK_S, wait_for_end
     from serve_app.jobs import JobStore
 
@@ -638,7 +666,7 @@ def test_a_long_poll_hears_of_a_job_another_gateway_ends(tmp_path: Path) -> None
         job_id="j1", owner="o", size_bytes=1, duration=1.0, audio_path="/x", options={},
         deadline_s=60, max_active=10,
     )  # fmt: skip
-    dispatcher = Dispatcher(here, Hanging(), settings)
+    ends = EndWatcher(here)
 
     async def run() -> float:
         async def end_elsewhere() -> None:
@@ -649,7 +677,7 @@ def test_a_long_poll_hears_of_a_job_another_gateway_ends(tmp_path: Path) -> None
 
         ending = asyncio.create_task(end_elsewhere())
         begin = time.monotonic()
-        job = await wait_for_end(here, dispatcher, "j1", "o", 10)
+        job = await wait_for_end(here, ends, "j1", "o", 10)
         await ending
         assert job.status == "done"
         return time.monotonic() - begin

@@ -7,8 +7,7 @@ import asyncio
 import numpy as np
 
 from deployments.batcher import BatchLimits, BatchStats, ChunkBatcher
-from deployments.interface import Chunk, ChunkResult
-from deployments.packing import Packing
+from deployments.interface import Chunk, ChunkResult, Packing
 
 
 def clip(seconds: float, key: str = "owner", owner: str = "") -> Chunk:

@@ -94,7 +94,7 @@ def test_one_key_with_stalled_uploads_gets_429_and_other_keys_are_served(
     stalled = [stalled_upload(port, KEY) for _ in range(2)]
     try:
         deadline = time.monotonic() + 5
-        while app.state.dispatcher.uploads_in_progress(fingerprint(KEY)) < 2:
+        while app.state.runner.uploads_in_progress(fingerprint(KEY)) < 2:
             assert time.monotonic() < deadline, "the stalled uploads never started"
             time.sleep(0.02)
         with stalled_upload(port, KEY, declared=10, sent=10) as third:

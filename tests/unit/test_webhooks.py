@@ -36,7 +36,7 @@ def hooked(tmp_path: Path, **overrides: object) -> Settings:
 
 def app_with_fast_sweep(settings: Settings) -> TestClient:
     app = create_app(settings, LocalClient())
-    app.state.dispatcher.sweep_interval_s = 0.05
+    app.state.background.sweep_interval_s = 0.05
     return TestClient(app)
 
 

@@ -1,0 +1,55 @@
+"""What status reads cost a client that polls: held to a pace, and bounded per key."""
+
+from __future__ import annotations
+
+import time
+
+from serve_app.settings import Settings
+
+# Past this many entries, the bookkeeping of jobs long ended is dropped.
+MAX_TRACKED = 10_000
+
+
+class StatusPacer:
+    """Pacing of status reads without ``wait`` and a per-key rate limit on all of them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._last_read: dict[str, float] = {}
+        """When each unfinished job's status may next be read without a wait."""
+        self._read_budget: dict[str, tuple[float, float]] = {}
+        """Per owner: (tokens, when) of the status-read token bucket."""
+
+    def read_allowed(self, owner: str) -> bool:
+        """A token bucket per owner: STATUS_READS_PER_S_PER_KEY reads a second, bursts of
+        twice that. False: this read is one too many (the caller answers 429)."""
+        rate = self.settings.status_reads_per_s_per_key
+        now = time.monotonic()
+        tokens, then = self._read_budget.get(owner, (2 * rate, now))
+        tokens = min(2 * rate, tokens + (now - then) * rate)
+        if len(self._read_budget) > MAX_TRACKED:
+            self._read_budget.clear()
+        if tokens < 1:
+            self._read_budget[owner] = (tokens, now)
+            return False
+        self._read_budget[owner] = (tokens - 1, now)
+        return True
+
+    def hold(self, job_id: str) -> float:
+        """Seconds to hold a status read of an unfinished job polled without ``wait``.
+
+        The seed's clients poll several times a second, and each read costs CPU
+        in Ray's proxy and a gateway (docs/benchmarks.md: 32 such clients halved
+        throughput). A read within STATUS_POLL_INTERVAL_S of the last one waits
+        for the rest of it, or for the job's end: the client learns the end as
+        soon as with a faster poll.
+        """
+        interval = self.settings.status_poll_interval_s
+        if interval <= 0:
+            return 0.0
+        now = time.monotonic()
+        if len(self._last_read) > MAX_TRACKED:  # jobs long ended; their reads are not held
+            self._last_read = {k: t for k, t in self._last_read.items() if t > now}
+        due = max(now, self._last_read.get(job_id, now - interval) + interval)
+        self._last_read[job_id] = due
+        return min(due - now, interval)
