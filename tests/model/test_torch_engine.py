@@ -85,19 +85,24 @@ def unicode_words(text: str) -> str:
 
 
 def test_french_detected_and_transcribed_like_ctranslate2() -> None:
-    ct2, torch_engine = both("base")
+    """The torch engine decodes in float32: against CTranslate2 in float32, word for word.
+
+    Against CTranslate2's int8 (the CPU default) the espeak French differs with the
+    processor, as int8 kernels do: on one 2-core EPYC int8 and float32 differed by
+    one word in 38, on another by four ("la réunion" / "la radio", twice), CTranslate2's
+    own float32 agreeing with torch word for word.
+    """
+    common = {"model": "base", "cpu_threads": 2, "cpu_nice": 0}
+    ct2 = WhisperEngine(EngineConfig(engine="ctranslate2", compute_type="float32", **common))  # type: ignore[arg-type]
+    torch_engine = WhisperEngine(EngineConfig(engine="torch", **common))  # type: ignore[arg-type]
+    for engine in (ct2, torch_engine):
+        engine.set_packing(Packing(enabled=True))
     expected = jobs(ct2, [FRENCH])[0]
     got = jobs(torch_engine, [FRENCH])[0]
     assert got["language"] == expected["language"] == "fr"
-    # One word in 38 may differ: CTranslate2 decodes base in int8 on CPU, torch in
-    # float32 (seen: int8 "regarder", float32 "garder", the word spoken). The torch
-    # engine must be no further from what was said.
-    between = jiwer.wer(unicode_words(expected["text"]), unicode_words(got["text"]))
-    assert between <= 1 / 38, (expected["text"], got["text"])
+    assert unicode_words(got["text"]) == unicode_words(expected["text"]), (expected, got)
     said = unicode_words(FRENCH_TEXT)
-    assert jiwer.wer(said, unicode_words(got["text"])) <= jiwer.wer(
-        said, unicode_words(expected["text"])
-    )
+    assert jiwer.wer(said, unicode_words(got["text"])) <= 0.3
 
 
 def test_beam_and_greedy_both_decode(tiny: tuple[WhisperEngine, WhisperEngine]) -> None:
