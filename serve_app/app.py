@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +13,7 @@ from deployments.interface import EngineConfig
 from deployments.transcriber import TranscriberDeployment
 from serve_app.gateway import Gateway
 from serve_app.settings import Settings, get_settings
+from serve_app.store import shareable
 
 logger = logging.getLogger("ray.serve.whisper.app")
 
@@ -51,16 +51,10 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     app_args = AppArgs.model_validate(args or {})
     settings = get_settings()
     # Pin relative paths where the operator started the server, not where a replica runs.
-    db_path = settings.db_path.resolve() if settings.db_path else None
-    if not settings.use_sqlite:
-        # Memory mode (the seed's USE_SQLITE=false): jobs must not outlive this start, yet
-        # every gateway replica must see them. A fresh file per start gives both.
-        db_path = Path(tempfile.mkdtemp(prefix="whisper-jobs-memory-")) / "jobs.db"
     settings = settings.model_copy(
         update={
             "data_dir": settings.data_dir.resolve(),
-            "db_path": db_path,
-            "use_sqlite": True,
+            "database_url": shareable(settings.database_url),
         }
     )
     device = resolve_device(settings)

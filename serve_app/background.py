@@ -8,9 +8,9 @@ import time
 
 from serve_app.ends import EndWatcher
 from serve_app.housekeeper import Housekeeper
-from serve_app.jobs import JobStatus, JobStore
 from serve_app.metrics import JobMetrics
 from serve_app.runner import JobRunner
+from serve_app.store import JobStatus, JobStore
 from serve_app.webhooks import Sender
 
 logger = logging.getLogger("ray.serve.whisper.background")

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from serve_app.ends import EndWatcher
-from serve_app.jobs import JobStore
 from serve_app.pacing import StatusPacer
 from serve_app.runner import JobRunner
 from serve_app.settings import Settings
+from serve_app.store import JobStore
 
 
 def _state(name: str) -> Any:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from serve_app.jobs import JobStore
+from serve_app.store import JobStore
 
 logger = logging.getLogger("ray.serve.whisper.ends")
 

@@ -8,6 +8,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.main import create_app
 from serve_app.settings import Settings
+from serve_app.store import open_store
 from serve_app.transcriber_client import HandleClient
 
 
@@ -21,7 +22,8 @@ class Gateway:
     """Auth, CORS, uploads and job records; dispatches jobs to the Transcriber."""
 
     async def __init__(self, settings: Settings, transcriber: DeploymentHandle) -> None:  # type: ignore[misc]
-        self._app = create_app(settings, HandleClient(transcriber))
+        store = open_store(settings.database_url)
+        self._app = create_app(settings, HandleClient(transcriber), store)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._app

@@ -7,9 +7,9 @@ import logging
 import time
 from pathlib import Path
 
-from serve_app.jobs import JobStore
 from serve_app.metrics import JobMetrics
 from serve_app.settings import Settings
+from serve_app.store import JobStore
 
 logger = logging.getLogger("ray.serve.whisper.housekeeper")
 

@@ -16,7 +16,10 @@ from fastapi import HTTPException, Request, status
 
 from deployments.protocol import TranscribeOptions
 from serve_app.ends import EndWatcher
-from serve_app.jobs import (
+from serve_app.options import parse_options, stored
+from serve_app.runner import JobRunner
+from serve_app.settings import Settings
+from serve_app.store import (
     IdempotencyConflict,
     Job,
     JobStatus,
@@ -24,9 +27,6 @@ from serve_app.jobs import (
     OwnerQuotaFull,
     QueueFull,
 )
-from serve_app.options import parse_options, stored
-from serve_app.runner import JobRunner
-from serve_app.settings import Settings
 from serve_app.uploads import check_declared_length, probe_duration, receive_upload, too_long
 from serve_app.webhooks import check_callback_url
 

@@ -24,7 +24,6 @@ from serve_app.background import Background
 from serve_app.ends import EndWatcher
 from serve_app.errors import UploadError
 from serve_app.housekeeper import Housekeeper
-from serve_app.jobs import JobStore
 from serve_app.metrics import JobMetrics
 from serve_app.openai_compat import error_body
 from serve_app.openai_compat import router as openai_router
@@ -32,6 +31,7 @@ from serve_app.pacing import StatusPacer
 from serve_app.routes import health_router, jobs_router
 from serve_app.runner import JobRunner
 from serve_app.settings import Settings
+from serve_app.store import JobStore
 from serve_app.transcriber_client import TranscriberClient
 from serve_app.webhooks import Sender
 
@@ -88,12 +88,11 @@ def _offline_docs(app: FastAPI) -> None:
         )
 
 
-def create_app(settings: Settings, client: TranscriberClient) -> FastAPI:
-    """Build the HTTP app; jobs run while the app's lifespan does."""
-    store = JobStore(settings.database_file if settings.use_sqlite else None)
+def create_app(settings: Settings, client: TranscriberClient, store: JobStore) -> FastAPI:
+    """Build the HTTP app over a job store; jobs run while the app's lifespan does."""
     metrics = JobMetrics()
     ends = EndWatcher(store)
-    webhooks = Sender(store, settings, metrics)
+    webhooks = Sender(store.outbox, settings, metrics)
     runner = JobRunner(store, client, settings, metrics=metrics, ends=ends, webhooks=webhooks)
     background = Background(
         store=store,

@@ -22,10 +22,10 @@ from serve_app.ends import EndWatcher
 from serve_app.errors import UploadError
 from serve_app.formats import MEDIA_TYPES, render
 from serve_app.intake import accept_job, wait_for_end
-from serve_app.jobs import JobStatus, JobStore
 from serve_app.options import parse_options
 from serve_app.runner import JobRunner
 from serve_app.settings import Settings
+from serve_app.store import JobStatus, JobStore
 from serve_app.uploads import multipart_openapi
 
 # How long a request waits for its job before answering with the job id to poll.

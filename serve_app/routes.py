@@ -17,9 +17,9 @@ from serve_app.auth import OwnerDep, require_api_key
 from serve_app.deps import EndsDep, PacerDep, RunnerDep, SettingsDep, StoreDep
 from serve_app.formats import MEDIA_TYPES, render
 from serve_app.intake import accept_job, own_job, too_many, wait_for_end
-from serve_app.jobs import Job, JobStatus
 from serve_app.options import OPENAPI_FIELDS
 from serve_app.schemas import ErrorBody, Health, JobAccepted, JobList, JobPublic, JobSummary
+from serve_app.store import Job, JobStatus
 from serve_app.uploads import multipart_openapi
 
 logger = logging.getLogger("ray.serve.whisper.routes")

@@ -22,9 +22,9 @@ from pydantic import ValidationError
 from deployments.protocol import End, Queued, Rejected, Stage, TranscribeOptions
 from serve_app.ends import EndWatcher
 from serve_app.errors import describe
-from serve_app.jobs import Job, JobStore
 from serve_app.metrics import JobMetrics
 from serve_app.settings import Settings
+from serve_app.store import Job, JobStore
 from serve_app.transcriber_client import TranscriberClient
 from serve_app.webhooks import Sender
 

@@ -8,7 +8,7 @@ from typing import Self
 from pydantic import BaseModel, Field
 
 from deployments.protocol import Segment
-from serve_app.jobs import Job, JobStatus
+from serve_app.store import Job, JobStatus
 
 
 class WebhookPublic(BaseModel):

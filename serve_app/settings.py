@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serve_app.errors import describe
+from serve_app.store import check_url
 
 
 class SettingsError(ValueError):
@@ -30,6 +31,10 @@ class Settings(BaseSettings):
 
     use_sqlite: bool = True
     """Keep jobs in SQLite (they survive restarts); false: in memory, for development only."""
+
+    database_url: str = ""
+    """Where jobs are kept, as a database URL: sqlite:///PATH, or sqlite:// (memory). Unset:
+    the seed's USE_SQLITE and DB_PATH say (DB_PATH, or DATA_DIR/whisper-jobs.db)."""
 
     data_dir: Path = Path("data")
     """Folder for the database, spooled uploads and model caches."""
@@ -144,6 +149,19 @@ class Settings(BaseSettings):
                     f"WEBHOOK_ALLOWED_HOSTS entry {host!r} is not a host, host:port or *.domain"
                 )
         return hosts
+
+    @model_validator(mode="after")
+    def _database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = (
+                f"sqlite:///{self.database_file}" if self.use_sqlite else "sqlite://"
+            )
+        return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        return check_url(value) if value else value
 
     @model_validator(mode="after")
     def _fail_closed(self) -> Settings:

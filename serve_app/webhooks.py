@@ -29,10 +29,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from serve_app.errors import UploadError
-from serve_app.jobs import Job, JobStore
 from serve_app.metrics import JobMetrics
 from serve_app.schemas import JobPublic
 from serve_app.settings import Settings
+from serve_app.store import Job, WebhookOutbox
 
 logger = logging.getLogger("ray.serve.whisper.webhooks")
 
@@ -142,8 +142,8 @@ async def post(
 class Sender:
     """A gateway's webhook deliveries: at least once, from the job rows, any gateway."""
 
-    def __init__(self, store: JobStore, settings: Settings, metrics: JobMetrics) -> None:
-        self.store = store
+    def __init__(self, outbox: WebhookOutbox, settings: Settings, metrics: JobMetrics) -> None:
+        self.outbox = outbox
         self.settings = settings
         self.metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
@@ -158,7 +158,7 @@ class Sender:
         if not self.settings.webhook_allowed_hosts:
             return
         while len(self._tasks) < MAX_DELIVERIES:
-            job = await asyncio.to_thread(self.store.claim_webhook, lease_s=self._lease_s())
+            job = await asyncio.to_thread(self.outbox.claim, lease_s=self._lease_s())
             if job is None:
                 return
             self._track(self._deliver(job))
@@ -180,9 +180,7 @@ class Sender:
         return self.settings.webhook_timeout_s + 10
 
     async def _claim_and_deliver(self, job_id: str) -> None:
-        job = await asyncio.to_thread(
-            self.store.claim_webhook, lease_s=self._lease_s(), job_id=job_id
-        )
+        job = await asyncio.to_thread(self.outbox.claim, lease_s=self._lease_s(), job_id=job_id)
         if job is not None:
             await self._deliver(job)
 
@@ -219,7 +217,7 @@ class Sender:
         if error is not None and not final:
             retry_at = time.time() + backoff_s(attempt, settings)
         await asyncio.to_thread(
-            self.store.webhook_tried, job.id, attempt=attempt, error=error, retry_at=retry_at
+            self.outbox.tried, job.id, attempt=attempt, error=error, retry_at=retry_at
         )
         outcome = "delivered" if error is None else ("retry" if retry_at else "failed")
         self.metrics.webhook(outcome)

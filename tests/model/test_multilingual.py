@@ -16,10 +16,9 @@ from deployments.engines.contract import SAMPLE_RATE
 from deployments.interface import EngineConfig
 from deployments.protocol import TranscribeOptions
 from deployments.transcriber import Transcriber
-from serve_app.main import create_app
 from tests.audio_util import DATA, JFK, wav_bytes, words
 from tests.fakes import LocalClient
-from tests.unit.helpers import AUTH, make_settings
+from tests.unit.helpers import AUTH, make_app, make_settings
 
 pytestmark = pytest.mark.model
 
@@ -60,7 +59,7 @@ def test_french_translated_to_english(engine: WhisperEngine) -> None:
 
 def test_a_french_job_through_the_api(tmp_path: Path) -> None:
     client = LocalClient(Transcriber(BASE))
-    with TestClient(create_app(make_settings(tmp_path, whisper_model="base"), client)) as c:
+    with TestClient(make_app(make_settings(tmp_path, whisper_model="base"), client)) as c:
         r = c.post("/transcribe", headers=AUTH, files={"file": ("fr.flac", FRENCH.read_bytes())})
         assert r.status_code == 202, r.text
         job = c.get(f"/transcribe/{r.json()['job_id']}?wait=60", headers=AUTH).json()

@@ -8,10 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from deployments.protocol import End, TranscribeOptions
+from serve_app.main import create_app
 from serve_app.settings import Settings
+from serve_app.store import open_store
+from serve_app.transcriber_client import TranscriberClient
 from tests.fakes import LocalClient
 
 KEY = "test-key-123"
@@ -28,6 +32,11 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def make_app(settings: Settings, client: TranscriberClient) -> FastAPI:
+    """The app over the job store its settings name, as the Gateway builds it."""
+    return create_app(settings, client, open_store(settings.database_url))
 
 
 def wait_done(client: TestClient, job_id: str, timeout: float = 10) -> dict:

@@ -22,7 +22,6 @@ from deployments.protocol import (
     TranscribeOptions,
     Transcript,
 )
-from serve_app.main import create_app
 from tests.fakes import LocalClient, long_job_client
 from tests.unit.helpers import (
     AUTH,
@@ -30,6 +29,7 @@ from tests.unit.helpers import (
     KEY,
     Hanging,
     Recording,
+    make_app,
     make_settings,
     submit,
     uploads,
@@ -73,7 +73,7 @@ def test_every_job_route_needs_a_valid_token(client: TestClient, headers: dict) 
 
 
 def test_several_keys_each_work(tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path, whisper_api_key="k1, k2"), LocalClient())
+    app = make_app(make_settings(tmp_path, whisper_api_key="k1, k2"), LocalClient())
     with TestClient(app) as c:
         for key in ("k1", "k2"):
             assert (
@@ -84,9 +84,7 @@ def test_several_keys_each_work(tmp_path: Path) -> None:
 
 
 def test_auth_off_lets_requests_through(tmp_path: Path) -> None:
-    app = create_app(
-        make_settings(tmp_path, whisper_api_key=None, require_auth=False), LocalClient()
-    )
+    app = make_app(make_settings(tmp_path, whisper_api_key=None, require_auth=False), LocalClient())
     with TestClient(app) as c:
         assert c.get("/transcribe/nope").status_code == 404
 
@@ -193,7 +191,7 @@ def test_engine_refusal_ends_the_job_in_error(tmp_path: Path) -> None:
         ) -> End:
             return Rejected("could not decode the audio: broken frames")
 
-    with TestClient(create_app(make_settings(tmp_path), Refusing())) as c:
+    with TestClient(make_app(make_settings(tmp_path), Refusing())) as c:
         job = submit(c, JFK.read_bytes())
         done = wait_done(c, job["job_id"])
     assert done["status"] == "error"
@@ -216,7 +214,7 @@ def test_a_crashing_engine_is_retried_then_reported(tmp_path: Path) -> None:
             raise ConnectionError("replica died")
 
     crashing = Crashing()
-    app = create_app(make_settings(tmp_path, max_attempts=2), crashing)
+    app = make_app(make_settings(tmp_path, max_attempts=2), crashing)
     app.state.background.sweep_interval_s = 0.05
     with TestClient(app) as c:
         job = submit(c, JFK.read_bytes())
@@ -263,7 +261,7 @@ def test_openapi_docs_are_served(client: TestClient) -> None:
 
 
 def test_memory_mode_keeps_jobs_while_running(tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path, use_sqlite=False), LocalClient())
+    app = make_app(make_settings(tmp_path, use_sqlite=False), LocalClient())
     with TestClient(app) as c:
         job = submit(c, JFK.read_bytes())
         assert wait_done(c, job["job_id"])["status"] == "done"
@@ -271,10 +269,10 @@ def test_memory_mode_keeps_jobs_while_running(tmp_path: Path) -> None:
 
 
 def test_jobs_survive_a_new_app_on_the_same_database(tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tmp_path), LocalClient())) as c:
+    with TestClient(make_app(make_settings(tmp_path), LocalClient())) as c:
         job = submit(c, JFK.read_bytes())
         first = wait_done(c, job["job_id"])
-    with TestClient(create_app(make_settings(tmp_path), LocalClient())) as c:
+    with TestClient(make_app(make_settings(tmp_path), LocalClient())) as c:
         again = c.get(f"/transcribe/{job['job_id']}", headers=AUTH).json()
     assert again == first
 
@@ -294,7 +292,7 @@ def test_idempotency_key_replays_the_same_job(client: TestClient, tmp_path: Path
 
 
 def test_a_job_belongs_to_the_key_that_made_it(tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path, whisper_api_key="k1,k2"), LocalClient())
+    app = make_app(make_settings(tmp_path, whisper_api_key="k1,k2"), LocalClient())
     k1, k2 = ({"Authorization": f"Bearer {k}"} for k in ("k1", "k2"))
     with TestClient(app) as c:
         job_id = c.post("/transcribe", headers=k1, files={"file": ("a", JFK.read_bytes())}).json()[
@@ -310,7 +308,7 @@ def test_a_job_belongs_to_the_key_that_made_it(tmp_path: Path) -> None:
 
 def test_delete_cancels_and_removes_everything(tmp_path: Path) -> None:
     hanging = Hanging()
-    with TestClient(create_app(make_settings(tmp_path), hanging)) as c:
+    with TestClient(make_app(make_settings(tmp_path), hanging)) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         deadline = time.monotonic() + 5
         while hanging.calls == 0 and time.monotonic() < deadline:
@@ -324,7 +322,7 @@ def test_delete_cancels_and_removes_everything(tmp_path: Path) -> None:
 
 
 def test_queue_full_is_429_and_leaves_nothing(tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path, max_queued_jobs=2), Hanging())
+    app = make_app(make_settings(tmp_path, max_queued_jobs=2), Hanging())
     with TestClient(app) as c:
         submit(c, JFK.read_bytes())
         submit(c, JFK.read_bytes())
@@ -337,7 +335,7 @@ def test_queue_full_is_429_and_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_audio_over_max_seconds_is_refused_at_submit(tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tmp_path, max_audio_seconds=5), LocalClient())) as c:
+    with TestClient(make_app(make_settings(tmp_path, max_audio_seconds=5), LocalClient())) as c:
         r = c.post("/transcribe", headers=AUTH, files={"file": ("a.flac", JFK.read_bytes())})
     assert r.status_code == 413
     assert "11 s" in r.json()["detail"] and "5 s (MAX_AUDIO_SECONDS)" in r.json()["detail"]
@@ -349,7 +347,7 @@ def test_a_hung_engine_times_out_and_the_job_ends(tmp_path: Path) -> None:
         tmp_path, attempt_timeout_base_s=0.2, attempt_timeout_per_audio_s=0, max_attempts=2
     )
     hanging = Hanging()
-    app = create_app(settings, hanging)
+    app = make_app(settings, hanging)
     app.state.background.sweep_interval_s = 0.05
     with TestClient(app) as c:
         done = wait_done(c, submit(c, JFK.read_bytes())["job_id"])
@@ -386,7 +384,7 @@ def one_job_with_short_attempts(tmp_path: Path, client: LocalClient) -> dict:
     settings = make_settings(
         tmp_path, attempt_timeout_base_s=0.3, attempt_timeout_per_audio_s=0, max_attempts=2
     )
-    app = create_app(settings, client)
+    app = make_app(settings, client)
     app.state.background.sweep_interval_s = 0.05
     with TestClient(app) as c:
         return wait_done(c, submit(c, JFK.read_bytes())["job_id"])
@@ -409,7 +407,7 @@ def test_a_decode_that_hangs_still_times_out(tmp_path: Path) -> None:
 
 
 def test_retention_deletes_finished_jobs(tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path, job_retention_hours=0.5 / 3600), LocalClient())
+    app = make_app(make_settings(tmp_path, job_retention_hours=0.5 / 3600), LocalClient())
     app.state.background.sweep_interval_s = 0.05
     app.state.background.housekeeping_interval_s = 0.1
     with TestClient(app) as c:
@@ -423,7 +421,7 @@ def test_retention_deletes_finished_jobs(tmp_path: Path) -> None:
 
 def test_fast_path_and_sweep_racing_for_a_job_still_run_it(tmp_path: Path) -> None:
     """A job the sweep claims before the submit's own task does is run, not dropped."""
-    app = create_app(make_settings(tmp_path), LocalClient())
+    app = make_app(make_settings(tmp_path), LocalClient())
     app.state.background.sweep_interval_s = 0.001  # sweep as often as possible to provoke the race
     with TestClient(app) as c:
         ids = [submit(c, JFK.read_bytes())["job_id"] for _ in range(20)]
@@ -443,14 +441,14 @@ def test_long_poll_answers_when_the_job_ends(tmp_path: Path) -> None:
             await asyncio.sleep(0.5)
             return await super().transcribe(audio, options, owner, more_coming, **kw)
 
-    with TestClient(create_app(make_settings(tmp_path), Slow())) as c:
+    with TestClient(make_app(make_settings(tmp_path), Slow())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         begin = time.monotonic()
         body = c.get(f"/transcribe/{job_id}?wait=20", headers=AUTH).json()
         took = time.monotonic() - begin
         assert body["status"] == "done" and took < 5
     # An unfinished job is answered when the wait runs out.
-    with TestClient(create_app(make_settings(tmp_path / "h"), Hanging())) as c:
+    with TestClient(make_app(make_settings(tmp_path / "h"), Hanging())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         begin = time.monotonic()
         body = c.get(f"/transcribe/{job_id}?wait=0.6", headers=AUTH).json()
@@ -471,7 +469,7 @@ def test_jobs_already_sent_are_not_more_jobs_coming(tmp_path: Path) -> None:
     back for, jobs that are not coming.)
     """
     hinted = RecordingHanging()
-    with TestClient(create_app(make_settings(tmp_path), hinted)) as c:
+    with TestClient(make_app(make_settings(tmp_path), hinted)) as c:
         for sent in (1, 2):
             submit(c, JFK.read_bytes())
             deadline = time.monotonic() + 5
@@ -482,7 +480,7 @@ def test_jobs_already_sent_are_not_more_jobs_coming(tmp_path: Path) -> None:
 
 def test_job_options_travel_to_the_engine(tmp_path: Path) -> None:
     recording = Recording()
-    with TestClient(create_app(make_settings(tmp_path), recording)) as c:
+    with TestClient(make_app(make_settings(tmp_path), recording)) as c:
         form = {
             "language": "FR",
             "task": "translate",
@@ -557,14 +555,14 @@ def test_a_done_job_renders_as_txt_srt_and_vtt(client: TestClient) -> None:
 
 
 def test_format_of_an_unfinished_job_is_409(tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tmp_path), Hanging())) as c:
+    with TestClient(make_app(make_settings(tmp_path), Hanging())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         r = c.get(f"/transcribe/{job_id}?format=srt", headers=AUTH)
     assert r.status_code == 409 and "wait=" in r.json()["detail"]
 
 
 def test_listing_pages_through_own_jobs_newest_first(tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path, whisper_api_key="k1,k2"), LocalClient())
+    app = make_app(make_settings(tmp_path, whisper_api_key="k1,k2"), LocalClient())
     k1, k2 = ({"Authorization": f"Bearer {k}"} for k in ("k1", "k2"))
     with TestClient(app) as c:
         mine = [
@@ -593,7 +591,7 @@ def test_listing_pages_through_own_jobs_newest_first(tmp_path: Path) -> None:
 
 
 def test_a_queued_job_shows_its_place_in_the_queue(tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path), Hanging())
+    app = make_app(make_settings(tmp_path), Hanging())
     app.state.runner.max_in_flight = 1  # one job runs; the others wait their turn
     with TestClient(app) as c:
         ids = [submit(c, JFK.read_bytes())["job_id"] for _ in range(3)]
@@ -604,13 +602,13 @@ def test_a_queued_job_shows_its_place_in_the_queue(tmp_path: Path) -> None:
 
 
 def test_a_status_read_of_a_job_still_running_says_when_to_ask_again(tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tmp_path / "h"), Hanging())) as c:
+    with TestClient(make_app(make_settings(tmp_path / "h"), Hanging())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         running = c.get(f"/transcribe/{job_id}", headers=AUTH)
         assert running.headers["Retry-After"] == "2"  # STATUS_POLL_INTERVAL_S
         early = c.get(f"/transcribe/{job_id}", headers=AUTH, params={"format": "srt"})
         assert early.status_code == 409 and early.headers["Retry-After"] == "2"
-    with TestClient(create_app(make_settings(tmp_path / "d"), LocalClient())) as c:
+    with TestClient(make_app(make_settings(tmp_path / "d"), LocalClient())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         assert wait_done(c, job_id)["status"] == "done"
         assert "Retry-After" not in c.get(f"/transcribe/{job_id}", headers=AUTH).headers
@@ -620,7 +618,7 @@ def test_fast_polls_of_an_unfinished_job_are_paced_not_refused(tmp_path: Path) -
     """Issue 11: 32 clients polling 4 times a second halved throughput (each read costs
     ~10 ms of CPU in Ray's proxy and a gateway). A read within STATUS_POLL_INTERVAL_S of
     the last waits for the rest of the interval."""
-    with TestClient(create_app(make_settings(tmp_path / "h"), Hanging())) as c:
+    with TestClient(make_app(make_settings(tmp_path / "h"), Hanging())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         begin = time.monotonic()
         first = c.get(f"/transcribe/{job_id}", headers=AUTH)
@@ -631,7 +629,7 @@ def test_fast_polls_of_an_unfinished_job_are_paced_not_refused(tmp_path: Path) -
         assert second.status_code == 200 and second.json()["status"] in ("queued", "processing")
         assert 1.7 < took < 3.0, took  # STATUS_POLL_INTERVAL_S: 2 s
         unpaced = make_settings(tmp_path / "u", status_poll_interval_s=0)
-    with TestClient(create_app(unpaced, Hanging())) as c:
+    with TestClient(make_app(unpaced, Hanging())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         c.get(f"/transcribe/{job_id}", headers=AUTH)
         begin = time.monotonic()
@@ -646,7 +644,7 @@ def test_a_paced_poll_answers_as_soon_as_the_job_ends(tmp_path: Path) -> None:
             return await super().transcribe(*args, **kw)
 
     settings = make_settings(tmp_path, status_poll_interval_s=5)
-    with TestClient(create_app(settings, Slow())) as c:
+    with TestClient(make_app(settings, Slow())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         c.get(f"/transcribe/{job_id}", headers=AUTH)
         begin = time.monotonic()
@@ -658,10 +656,10 @@ def test_a_long_poll_hears_of_a_job_another_gateway_ends(tmp_path: Path) -> None
     """Two gateway replicas share the file: the waiting one learns of the end at once."""
     from serve_app.ends import EndWatcher
     from serve_app.intake import WAIT_RECHECK_S, wait_for_end
-    from serve_app.jobs import JobStore
+    from serve_app.store import open_store
 
     settings = make_settings(tmp_path)
-    here, there = JobStore(settings.database_file), JobStore(settings.database_file)
+    here, there = open_store(settings.database_url), open_store(settings.database_url)
     here.create(
         job_id="j1", owner="o", size_bytes=1, duration=1.0, audio_path="/x", options={},
         deadline_s=60, max_active=10,
@@ -691,7 +689,7 @@ def test_a_running_job_shows_its_progress(tmp_path: Path) -> None:
     client = long_job_client(chunks=4, seconds_per_batch=0.3)
     # Reads unpaced (STATUS_POLL_INTERVAL_S=0), to see every step of a 1.2 s job.
     settings = make_settings(tmp_path, status_poll_interval_s=0)
-    with TestClient(create_app(settings, client)) as c:
+    with TestClient(make_app(settings, client)) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         seen: set[float] = set()
         deadline = time.monotonic() + 10
@@ -733,7 +731,7 @@ def test_status_reads_beyond_the_per_key_rate_get_429(tmp_path: Path) -> None:
     """Issue 11: polls beyond a sane rate per key get 429 (pacing holds one job's polls;
     this bounds a key that reads many jobs, or one job from many connections)."""
     settings = make_settings(tmp_path, status_reads_per_s_per_key=2)
-    with TestClient(create_app(settings, LocalClient())) as c:
+    with TestClient(make_app(settings, LocalClient())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         wait_done(c, job_id)  # the burst allowance (4) partly spent while waiting
         codes = [c.get(f"/transcribe/{job_id}", headers=AUTH).status_code for _ in range(6)]

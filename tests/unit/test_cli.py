@@ -10,14 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_app.cli import main
-from serve_app.main import create_app
 from tests.fakes import LocalClient, long_job_client
-from tests.unit.helpers import JFK, KEY, make_settings
+from tests.unit.helpers import JFK, KEY, make_app, make_settings
 
 
 @pytest.fixture
 def http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(tmp_path), LocalClient())) as client:
+    with TestClient(make_app(make_settings(tmp_path), LocalClient())) as client:
         client.headers["Authorization"] = f"Bearer {KEY}"
         yield client
 
@@ -60,7 +59,7 @@ def test_a_long_job_draws_a_progress_bar(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     slow = long_job_client(chunks=4, seconds_per_batch=0.6)
-    with TestClient(create_app(make_settings(tmp_path), slow)) as client:
+    with TestClient(make_app(make_settings(tmp_path), slow)) as client:
         client.headers["Authorization"] = f"Bearer {KEY}"
         assert main(["transcribe", str(JFK), "--progress"], client=client) == 0
     err = capsys.readouterr().err

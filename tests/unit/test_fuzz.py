@@ -15,9 +15,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from serve_app.main import create_app
 from tests.fakes import LocalClient
-from tests.unit.helpers import AUTH, make_settings
+from tests.unit.helpers import AUTH, make_app, make_settings
 
 CHECKS = [
     not_a_server_error,
@@ -30,7 +29,7 @@ EXAMPLES = 40
 
 
 # Module level: schemathesis' fixture loader does not run on this pytest.
-_app = create_app(make_settings(Path(tempfile.mkdtemp()), max_queued_jobs=5), LocalClient())
+_app = make_app(make_settings(Path(tempfile.mkdtemp()), max_queued_jobs=5), LocalClient())
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app)
 
 

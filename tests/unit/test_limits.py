@@ -18,11 +18,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from serve_app.auth import fingerprint
-from serve_app.main import create_app
 from tests.attacks import response, stalled_upload, submit_as
 from tests.fakes import LocalClient
 from tests.serve.launcher import free_port
-from tests.unit.helpers import AUTH, JFK, KEY, Hanging, make_settings, submit, uploads
+from tests.unit.helpers import AUTH, JFK, KEY, Hanging, make_app, make_settings, submit, uploads
 
 OTHER_KEY = "other-key-456"
 TWO_KEYS = f"{KEY},{OTHER_KEY}"
@@ -57,7 +56,7 @@ def test_a_stalled_upload_is_cut_off_with_408_and_leaves_nothing(
     serve: object, tmp_path: Path
 ) -> None:
     """Issue 11: uploads that declared 1000 bytes and stopped after 150 were held for good."""
-    app = create_app(make_settings(tmp_path, upload_idle_timeout_s=0.5), LocalClient())
+    app = make_app(make_settings(tmp_path, upload_idle_timeout_s=0.5), LocalClient())
     port = serve(app)  # type: ignore[operator]
     started = time.monotonic()
     with stalled_upload(port, KEY) as sock:
@@ -70,7 +69,7 @@ def test_a_stalled_upload_is_cut_off_with_408_and_leaves_nothing(
 
 def test_a_trickling_upload_is_cut_off_at_the_upload_timeout(serve: object, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, upload_idle_timeout_s=5, upload_timeout_s=1)
-    port = serve(create_app(settings, LocalClient()))  # type: ignore[operator]
+    port = serve(make_app(settings, LocalClient()))  # type: ignore[operator]
     with stalled_upload(port, KEY, declared=100_000, sent=100) as sock:
         sock.settimeout(0.2)
         code = 0
@@ -89,7 +88,7 @@ def test_one_key_with_stalled_uploads_gets_429_and_other_keys_are_served(
 ) -> None:
     """Issue 11: 520 stalled uploads of one key blocked every client for 140 s."""
     settings = make_settings(tmp_path, whisper_api_key=TWO_KEYS, max_uploads_per_key=2)
-    app = create_app(settings, LocalClient())
+    app = make_app(settings, LocalClient())
     port = serve(app)  # type: ignore[operator]
     stalled = [stalled_upload(port, KEY) for _ in range(2)]
     try:
@@ -120,7 +119,7 @@ def test_a_chunked_body_is_cut_at_the_limit_whatever_part_carries_it(tmp_path: P
         for _ in range(50):  # 3.3 MB after the last boundary, over the 2 MB limit
             yield b"\0" * 65536
 
-    with TestClient(create_app(make_settings(tmp_path), LocalClient())) as client:
+    with TestClient(make_app(make_settings(tmp_path), LocalClient())) as client:
         r = client.post(
             "/transcribe",
             headers={**AUTH, "Content-Type": "multipart/form-data; boundary=b"},
@@ -133,7 +132,7 @@ def test_a_chunked_body_is_cut_at_the_limit_whatever_part_carries_it(tmp_path: P
 
 def test_jobs_per_key_are_capped_with_429_and_other_keys_go_on(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, whisper_api_key=TWO_KEYS, max_jobs_per_key=2)
-    with TestClient(create_app(settings, Hanging())) as c:
+    with TestClient(make_app(settings, Hanging())) as c:
         submit(c, JFK.read_bytes())
         submit(c, JFK.read_bytes())
         r = c.post("/transcribe", headers=AUTH, files={"file": ("a.flac", JFK.read_bytes())})
@@ -150,7 +149,7 @@ def test_jobs_per_key_are_capped_with_429_and_other_keys_go_on(tmp_path: Path) -
 
 def test_queued_audio_per_key_is_capped_with_429(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, max_queued_audio_s_per_key=15)
-    with TestClient(create_app(settings, Hanging())) as c:
+    with TestClient(make_app(settings, Hanging())) as c:
         submit(c, JFK.read_bytes())  # 11 s
         r = c.post("/transcribe", headers=AUTH, files={"file": ("a.flac", JFK.read_bytes())})
         assert r.status_code == 429, r.text

@@ -9,9 +9,8 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.main import create_app
 from tests.fakes import LocalClient
-from tests.unit.helpers import AUTH, JFK, KEY, Recording, make_settings
+from tests.unit.helpers import AUTH, JFK, KEY, Recording, make_app, make_settings
 
 
 @pytest.fixture
@@ -21,7 +20,7 @@ def recording() -> Recording:
 
 @pytest.fixture
 def sdk(tmp_path: Path, recording: Recording) -> Iterator[openai.OpenAI]:
-    with TestClient(create_app(make_settings(tmp_path), recording)) as http:
+    with TestClient(make_app(make_settings(tmp_path), recording)) as http:
         yield openai.OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=http)
 
 
@@ -99,7 +98,7 @@ def test_bad_requests_get_openai_errors(sdk: openai.OpenAI, kwargs: dict, param:
 
 
 def test_wrong_key_is_an_openai_authentication_error(tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tmp_path), LocalClient())) as http:
+    with TestClient(make_app(make_settings(tmp_path), LocalClient())) as http:
         sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="wrong", http_client=http)
         with JFK.open("rb") as f, pytest.raises(openai.AuthenticationError) as err:
             sdk.audio.transcriptions.create(model="whisper-1", file=f)

@@ -10,9 +10,8 @@ from fastapi.testclient import TestClient
 
 from deployments.protocol import LANGUAGE_CODES, TranscribeOptions
 from serve_app.auth import fingerprint
-from serve_app.main import create_app
 from tests.fakes import LocalClient
-from tests.unit.helpers import AUTH, JFK, KEY, make_settings, wait_done
+from tests.unit.helpers import AUTH, JFK, KEY, make_app, make_settings, wait_done
 
 
 def test_the_languages_are_faster_whispers() -> None:
@@ -50,7 +49,7 @@ def test_a_job_whose_options_this_version_does_not_know_ends_as_bad_input(
     tmp_path: Path,
 ) -> None:
     """A job record made by another version: its unknown option is named, no retry."""
-    app = create_app(make_settings(tmp_path), LocalClient())
+    app = make_app(make_settings(tmp_path), LocalClient())
     app.state.background.sweep_interval_s = 0.05
     audio = tmp_path / "old.audio"
     audio.write_bytes(JFK.read_bytes())

@@ -14,12 +14,11 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from serve_app.errors import UploadError
-from serve_app.main import create_app
 from serve_app.settings import Settings
 from serve_app.webhooks import check_callback_url, post, signature, verify
 from tests.fakes import LocalClient
 from tests.receiver import Receiver
-from tests.unit.helpers import AUTH, JFK, KEY, make_settings, uploads
+from tests.unit.helpers import AUTH, JFK, KEY, make_app, make_settings, uploads
 
 SECRET = "whsec-test-6b1f"
 
@@ -35,7 +34,7 @@ def hooked(tmp_path: Path, **overrides: object) -> Settings:
 
 
 def app_with_fast_sweep(settings: Settings) -> TestClient:
-    app = create_app(settings, LocalClient())
+    app = make_app(settings, LocalClient())
     app.state.background.sweep_interval_s = 0.05
     return TestClient(app)
 
@@ -119,7 +118,7 @@ def test_a_refused_callback_leaves_no_job_and_no_file(tmp_path: Path) -> None:
         assert c.get("/transcribe", headers=AUTH).json()["jobs"] == []
     assert uploads(tmp_path) == []
     # A server without an allow-list says webhooks are off.
-    with TestClient(create_app(make_settings(tmp_path / "off"), LocalClient())) as c:
+    with TestClient(make_app(make_settings(tmp_path / "off"), LocalClient())) as c:
         r = c.post(
             "/transcribe",
             headers=AUTH,

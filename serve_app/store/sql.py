@@ -1,114 +1,40 @@
-"""Job records: the table is the queue (SQLModel on SQLite, or memory for development)."""
+"""The job store in SQL (SQLModel): queue, leases and fencing, the webhook outbox.
+
+Backend-neutral: a ``Database`` (serve_app/store/sqlite.py) gives it sessions and
+the change counter that long polls watch. The methods' contract is in
+serve_app/store/interface.py.
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from enum import StrEnum
-from pathlib import Path
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
-from sqlalchemy import Engine, UniqueConstraint, event, func, inspect, or_, text
+from sqlalchemy import func, or_
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.pool import StaticPool
-from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+from sqlmodel import Session, col, select
+
+from serve_app.store.records import (
+    IdempotencyConflict,
+    Job,
+    JobStatus,
+    OwnerQuotaFull,
+    QueueFull,
+)
 
 
-class QueueFull(Exception):
-    """MAX_QUEUED_JOBS jobs are queued or running."""
+class Database(Protocol):
+    """What a backend gives the SQL store."""
 
+    def session(self, *, write: bool) -> AbstractContextManager[Session]:
+        """A session whose transaction commits on leaving (``write``) or only reads."""
+        ...
 
-class OwnerQuotaFull(Exception):
-    """The owner has MAX_JOBS_PER_KEY jobs, or MAX_QUEUED_AUDIO_S_PER_KEY of audio, in flight."""
-
-    def __init__(self, setting: str, limit: float) -> None:
-        super().__init__(setting)
-        self.setting = setting
-        self.limit = limit
-
-
-class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used before with another file."""
-
-
-class JobStatus(StrEnum):
-    queued = "queued"
-    processing = "processing"
-    done = "done"
-    error = "error"
-
-
-class Job(SQLModel, table=True):
-    __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("owner", "idempotency_key"),)
-
-    id: str = Field(primary_key=True)
-    owner: str = Field(default="", index=True)
-    """Fingerprint of the API key that created the job (never the key)."""
-    idempotency_key: str | None = None
-    audio_sha256: str | None = None
-    status: JobStatus = Field(default=JobStatus.queued, index=True)
-    created_at: float = Field(default_factory=time.time, index=True)
-    deadline_at: float | None = Field(default=None, index=True)
-    """After this the job ends in error, whatever it is doing."""
-    started_at: float | None = None
-    finished_at: float | None = None
-    size_bytes: int = 0
-    duration: float | None = None
-    audio_path: str | None = None
-    options_json: str = "{}"
-    attempts: int = 0
-    lease_until: float | None = Field(default=None, index=True)
-    result_json: str | None = None
-    error: str | None = None
-    error_code: str | None = None
-    progress: float | None = None
-    """While processing: the share of the job's audio decoded (0 to 1)."""
-    language: str | None = None
-    """Detected (or asked for) once the audio is decoded; in the result too when done."""
-    callback_url: str | None = None
-    webhook_status: str | None = Field(default=None, index=True)
-    """pending (due at webhook_next_at), delivered or failed; None without callback_url."""
-    webhook_attempts: int = 0
-    webhook_next_at: float | None = None
-    webhook_error: str | None = None
-    webhook_delivered_at: float | None = None
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(json.loads(self.options_json))
-
-    @property
-    def result(self) -> dict[str, Any] | None:
-        return None if self.result_json is None else dict(json.loads(self.result_json))
-
-
-def _sqlite_engine(path: Path, *, immediate: bool) -> Engine:
-    engine = create_engine(
-        f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30}
-    )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # We send BEGIN ourselves (below), so the driver must not.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        # Writers take the write lock up front: two gateway replicas that both
-        # read then write would otherwise deadlock (SQLITE_BUSY on upgrade).
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
+    def data_version(self) -> int:
+        """A number that changes when any process commits."""
+        ...
 
 
 def _unfinished() -> Any:
@@ -116,57 +42,12 @@ def _unfinished() -> Any:
     return col(Job.status).in_([JobStatus.queued, JobStatus.processing])
 
 
-class JobStore:
-    """All reads and writes of job records; every method is one transaction.
+class SqlJobStore:
+    """serve_app/store/interface.py's JobStore over a SQL database."""
 
-    Methods block (SQLite): call them from a thread in async code.
-    """
-
-    def __init__(self, path: Path | None) -> None:
-        self._lock: threading.Lock | None = None
-        self._watch: sqlite3.Connection | None = None
-        self._watch_lock = threading.Lock()
-        if path is None:
-            memory = create_engine(
-                "sqlite://",
-                connect_args={"check_same_thread": False},
-                poolclass=StaticPool,
-            )
-            self._writer = self._reader = memory
-            self._lock = threading.Lock()  # one shared connection
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = _sqlite_engine(path, immediate=True)
-            self._reader = _sqlite_engine(path, immediate=False)
-            # Its own connection: PRAGMA data_version counts the commits of others.
-            self._watch = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        SQLModel.metadata.create_all(self._writer)
-        self._add_missing_columns()
-
-    def _add_missing_columns(self) -> None:
-        """Bring a database made by an older version up to this table (new columns only)."""
-        table = Job.__table__  # type: ignore[attr-defined]
-        with self._writer.begin() as conn:
-            present = {c["name"] for c in inspect(conn).get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in present:
-                    kind = column.type.compile(dialect=conn.dialect)
-                    conn.execute(
-                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-                    )
-
-    @contextmanager
-    def _session(self, *, write: bool) -> Iterator[Session]:
-        if self._lock is not None:
-            self._lock.acquire()
-        try:
-            with Session(self._writer if write else self._reader, expire_on_commit=False) as s:
-                yield s
-                if write:
-                    s.commit()
-        finally:
-            if self._lock is not None:
-                self._lock.release()
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.outbox = SqlWebhookOutbox(db)
 
     def create(
         self,
@@ -185,15 +66,6 @@ class JobStore:
         audio_sha256: str | None = None,
         callback_url: str | None = None,
     ) -> tuple[Job, bool]:
-        """Insert a queued job; returns (job, created).
-
-        With an ``idempotency_key`` the owner used before, returns that job
-        (created False) when the audio is the same, or raises
-        IdempotencyConflict. Raises QueueFull when ``max_active`` jobs are
-        queued or running, OwnerQuotaFull when the owner has ``max_owner_jobs``
-        jobs or ``max_owner_audio_s`` seconds of audio (with this job's) queued or
-        running (all counted in the same transaction as the insert).
-        """
         now = time.time()
         job = Job(
             id=job_id,
@@ -209,7 +81,7 @@ class JobStore:
             callback_url=callback_url,
         )
         try:
-            with self._session(write=True) as s:
+            with self._db.session(write=True) as s:
                 previous = self._by_key(s, owner, idempotency_key)
                 if previous is not None:
                     return self._replay(previous, audio_sha256)
@@ -219,7 +91,7 @@ class JobStore:
                 s.add(job)
         except IntegrityError:
             # Another gateway inserted the same key between our read and write.
-            with self._session(write=False) as s:
+            with self._db.session(write=False) as s:
                 previous = self._by_key(s, owner, idempotency_key)
             if previous is None:
                 raise
@@ -260,26 +132,24 @@ class JobStore:
         return int(s.exec(select(func.count()).select_from(Job).where(active)).one())
 
     def queue_position(self, job: Job) -> int:
-        """1 for the next queued job to run, 2 for the one after it, and so on."""
         ahead = (col(Job.status) == JobStatus.queued) & (
             (col(Job.created_at) < job.created_at)
             | ((col(Job.created_at) == job.created_at) & (col(Job.id) < job.id))
         )
-        with self._session(write=False) as s:
+        with self._db.session(write=False) as s:
             return 1 + int(s.exec(select(func.count()).select_from(Job).where(ahead)).one())
 
     def count_by_status(self) -> dict[JobStatus, int]:
-        """How many jobs are queued and processing."""
         active = _unfinished()
         query = select(Job.status, func.count()).where(active).group_by(Job.status)
         counts = {JobStatus.queued: 0, JobStatus.processing: 0}
-        with self._session(write=False) as s:
+        with self._db.session(write=False) as s:
             for status, n in s.exec(query):
                 counts[JobStatus(status)] = int(n)
         return counts
 
     def count_active(self) -> int:
-        with self._session(write=False) as s:
+        with self._db.session(write=False) as s:
             return self._count_active(s)
 
     def list_jobs(
@@ -290,7 +160,6 @@ class JobStore:
         limit: int,
         before: tuple[float, str] | None = None,
     ) -> list[Job]:
-        """The owner's jobs, newest first, older than ``before`` (created_at, id)."""
         query = select(Job).where(Job.owner == owner)
         if status is not None:
             query = query.where(Job.status == status)
@@ -303,20 +172,18 @@ class JobStore:
                 )
             )
         query = query.order_by(col(Job.created_at).desc(), col(Job.id).desc()).limit(limit)
-        with self._session(write=False) as s:
+        with self._db.session(write=False) as s:
             return list(s.exec(query))
 
     def delete(self, job_id: str) -> Job | None:
-        """Remove a job's record (its transcript with it); returns what was removed."""
-        with self._session(write=True) as s:
+        with self._db.session(write=True) as s:
             job = s.get(Job, job_id)
             if job is not None:
                 s.delete(job)
             return job
 
     def purge_finished(self, *, older_than: float) -> int:
-        """Delete jobs that ended before ``older_than`` (epoch seconds); returns how many."""
-        with self._session(write=True) as s:
+        with self._db.session(write=True) as s:
             ended = col(Job.status).in_([JobStatus.done, JobStatus.error])
             jobs = list(s.exec(select(Job).where(ended, col(Job.finished_at) < older_than)))
             for job in jobs:
@@ -324,10 +191,9 @@ class JobStore:
             return len(jobs)
 
     def expire_overdue(self, *, now: float | None = None) -> list[str | None]:
-        """End in error every unfinished job past its deadline; returns their audio paths."""
         now = time.time() if now is None else now
         paths: list[str | None] = []
-        with self._session(write=True) as s:
+        with self._db.session(write=True) as s:
             unfinished = _unfinished()
             for job in s.exec(select(Job).where(unfinished, col(Job.deadline_at) < now)):
                 paths.append(job.audio_path)
@@ -342,39 +208,28 @@ class JobStore:
         return paths
 
     def audio_paths(self) -> set[str]:
-        """Audio files that jobs still need."""
-        with self._session(write=False) as s:
+        with self._db.session(write=False) as s:
             query = select(Job.audio_path).where(col(Job.audio_path).is_not(None))
             return {str(p) for p in s.exec(query)}
 
     def data_version(self) -> int:
-        """A number that changes when any process commits to the database (cheap)."""
-        if self._watch is None:
-            return 0  # memory: one process, whose own ends are signalled directly
-        with self._watch_lock:
-            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+        return self._db.data_version()
 
     def ended_among(self, job_ids: list[str]) -> set[str]:
-        """Which of these jobs are done, failed or gone."""
         if not job_ids:
             return set()
-        with self._session(write=False) as s:
+        with self._db.session(write=False) as s:
             live = _unfinished()
             running = set(s.exec(select(Job.id).where(col(Job.id).in_(job_ids), live)))
         return set(job_ids) - running
 
     def get(self, job_id: str) -> Job | None:
-        with self._session(write=False) as s:
+        with self._db.session(write=False) as s:
             return s.get(Job, job_id)
 
     def claim(self, *, lease_s: float, job_id: str | None = None) -> Job | None:
-        """Take one job to run: a queued one, or one whose lease ran out.
-
-        Returns the job with ``attempts`` raised by one, or None. With
-        ``job_id``, only that job is taken.
-        """
         now = time.time()
-        with self._session(write=True) as s:
+        with self._db.session(write=True) as s:
             query = select(Job).where(
                 or_(
                     col(Job.status) == JobStatus.queued,
@@ -395,8 +250,7 @@ class JobStore:
             return job
 
     def renew(self, job_id: str, *, attempt: int, lease_s: float) -> bool:
-        """Extend the lease of a job this caller still holds."""
-        with self._session(write=True) as s:
+        with self._db.session(write=True) as s:
             job = self._held(s, job_id, attempt)
             if job is None:
                 return False
@@ -413,8 +267,7 @@ class JobStore:
         error: str | None = None,
         error_code: str | None = None,
     ) -> Job | None:
-        """Record the end of a job this caller holds; None if it lost the lease."""
-        with self._session(write=True) as s:
+        with self._db.session(write=True) as s:
             job = self._held(s, job_id, attempt)
             if job is None:
                 return None
@@ -433,8 +286,7 @@ class JobStore:
     def set_progress(
         self, job_id: str, *, attempt: int, progress: float, language: str | None = None
     ) -> bool:
-        """Record how far a job this caller holds has come (0 to 1), and its language."""
-        with self._session(write=True) as s:
+        with self._db.session(write=True) as s:
             job = self._held(s, job_id, attempt)
             if job is None:
                 return False
@@ -443,50 +295,8 @@ class JobStore:
             s.add(job)
             return True
 
-    def claim_webhook(self, *, lease_s: float, job_id: str | None = None) -> Job | None:
-        """Take one due webhook delivery (its try count raised by one), or None.
-
-        The delivery is held for ``lease_s``: if this caller dies, it is due again after.
-        """
-        now = time.time()
-        with self._session(write=True) as s:
-            query = select(Job).where(
-                Job.webhook_status == "pending", col(Job.webhook_next_at) <= now
-            )
-            if job_id is not None:
-                query = query.where(Job.id == job_id)
-            job = s.exec(query.order_by(Job.webhook_next_at).limit(1)).first()  # type: ignore[arg-type]
-            if job is None:
-                return None
-            job.webhook_attempts += 1
-            job.webhook_next_at = now + lease_s
-            s.add(job)
-            return job
-
-    def webhook_tried(
-        self, job_id: str, *, attempt: int, error: str | None, retry_at: float | None
-    ) -> Job | None:
-        """Record a delivery try: delivered (no error), due again at ``retry_at``, or failed."""
-        with self._session(write=True) as s:
-            job = s.get(Job, job_id)
-            if job is None or job.webhook_status != "pending" or job.webhook_attempts != attempt:
-                return None
-            job.webhook_error = error
-            if error is None:
-                job.webhook_status = "delivered"
-                job.webhook_delivered_at = time.time()
-                job.webhook_next_at = None
-            elif retry_at is None:
-                job.webhook_status = "failed"
-                job.webhook_next_at = None
-            else:
-                job.webhook_next_at = retry_at
-            s.add(job)
-            return job
-
     def release(self, job_id: str, *, attempt: int) -> Job | None:
-        """Put a job this caller holds back in the queue for another try."""
-        with self._session(write=True) as s:
+        with self._db.session(write=True) as s:
             job = self._held(s, job_id, attempt)
             if job is None:
                 return None
@@ -502,6 +312,49 @@ class JobStore:
         if job is None or job.status != JobStatus.processing or job.attempts != attempt:
             return None
         return job
+
+
+class SqlWebhookOutbox:
+    """serve_app/store/interface.py's WebhookOutbox: deliveries are columns of the job row."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def claim(self, *, lease_s: float, job_id: str | None = None) -> Job | None:
+        now = time.time()
+        with self._db.session(write=True) as s:
+            query = select(Job).where(
+                Job.webhook_status == "pending", col(Job.webhook_next_at) <= now
+            )
+            if job_id is not None:
+                query = query.where(Job.id == job_id)
+            job = s.exec(query.order_by(Job.webhook_next_at).limit(1)).first()  # type: ignore[arg-type]
+            if job is None:
+                return None
+            job.webhook_attempts += 1
+            job.webhook_next_at = now + lease_s
+            s.add(job)
+            return job
+
+    def tried(
+        self, job_id: str, *, attempt: int, error: str | None, retry_at: float | None
+    ) -> Job | None:
+        with self._db.session(write=True) as s:
+            job = s.get(Job, job_id)
+            if job is None or job.webhook_status != "pending" or job.webhook_attempts != attempt:
+                return None
+            job.webhook_error = error
+            if error is None:
+                job.webhook_status = "delivered"
+                job.webhook_delivered_at = time.time()
+                job.webhook_next_at = None
+            elif retry_at is None:
+                job.webhook_status = "failed"
+                job.webhook_next_at = None
+            else:
+                job.webhook_next_at = retry_at
+            s.add(job)
+            return job
 
 
 def _webhook_due(job: Job, now: float) -> None:

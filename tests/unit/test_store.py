@@ -1,4 +1,6 @@
-"""The job store: claims, leases and fencing on a real SQLite file."""
+"""The job store's contract (serve_app/store/interface.py): every backend passes the
+tests that take the ``store`` fixture (a new backend adds itself to BACKENDS); then what
+is SQLite's own (two processes on one file, memory, databases of older versions)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.jobs import IdempotencyConflict, Job, JobStatus, JobStore, QueueFull
+from serve_app.store import IdempotencyConflict, Job, JobStatus, JobStore, QueueFull, open_store
+
+BACKENDS = {
+    "sqlite-file": lambda tmp: f"sqlite:///{tmp / 'jobs.db'}",
+    "sqlite-memory": lambda tmp: "sqlite://",
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
+    return open_store(BACKENDS[request.param](tmp_path))
 
 
 def add(
@@ -36,8 +48,7 @@ def add(
     )
 
 
-def test_claim_takes_oldest_queued_once(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.db")
+def test_claim_takes_oldest_queued_once(store: JobStore) -> None:
     add(store, "a")
     time.sleep(0.01)
     add(store, "b")
@@ -49,8 +60,7 @@ def test_claim_takes_oldest_queued_once(tmp_path: Path) -> None:
     assert job is not None and job.status == JobStatus.processing and job.attempts == 1
 
 
-def test_expired_lease_is_claimed_again_and_fences_the_old_holder(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.db")
+def test_expired_lease_is_claimed_again_and_fences_the_old_holder(store: JobStore) -> None:
     add(store, "a")
     old = store.claim(lease_s=0.01)
     assert old is not None
@@ -66,8 +76,7 @@ def test_expired_lease_is_claimed_again_and_fences_the_old_holder(tmp_path: Path
     assert job.audio_path is None
 
 
-def test_release_requeues(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.db")
+def test_release_requeues(store: JobStore) -> None:
     add(store, "a")
     job = store.claim(lease_s=60)
     assert job is not None
@@ -79,10 +88,10 @@ def test_release_requeues(tmp_path: Path) -> None:
 def test_two_stores_on_one_file_never_claim_the_same_job(tmp_path: Path) -> None:
     """Two gateway replicas share the SQLite file: every job is claimed exactly once."""
     path = tmp_path / "jobs.db"
-    writer = JobStore(path)
+    writer = open_store(f"sqlite:///{path}")
     for i in range(200):
         add(writer, f"job{i:03}")
-    stores = [JobStore(path), JobStore(path)]
+    stores = [open_store(f"sqlite:///{path}") for _ in range(2)]
     claimed: list[list[str]] = [[], []]
     errors: list[BaseException] = []
 
@@ -113,7 +122,7 @@ def test_two_stores_on_one_file_never_claim_the_same_job(tmp_path: Path) -> None
 
 
 def test_memory_store_works_without_a_file(tmp_path: Path) -> None:
-    store = JobStore(None)
+    store = open_store("sqlite://")
     add(store, "a")
     job = store.claim(lease_s=60)
     assert job is not None
@@ -123,8 +132,7 @@ def test_memory_store_works_without_a_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_idempotency_key_returns_the_same_job_per_owner(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.db")
+def test_idempotency_key_returns_the_same_job_per_owner(store: JobStore) -> None:
     _first, created = add(store, "a", key="k")
     again, created_again = add(store, "b", key="k")
     assert created and not created_again and again.id == "a"
@@ -136,8 +144,7 @@ def test_idempotency_key_returns_the_same_job_per_owner(tmp_path: Path) -> None:
     assert store.get("b") is None and store.get("c") is None
 
 
-def test_queue_full_is_refused_without_a_row(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.db")
+def test_queue_full_is_refused_without_a_row(store: JobStore) -> None:
     add(store, "a", max_active=2)
     add(store, "b", max_active=2)
     with pytest.raises(QueueFull):
@@ -149,8 +156,7 @@ def test_queue_full_is_refused_without_a_row(tmp_path: Path) -> None:
     add(store, "c", max_active=2)
 
 
-def test_delete_and_retention(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.db")
+def test_delete_and_retention(store: JobStore) -> None:
     add(store, "a")
     add(store, "b")
     removed = store.delete("a")
@@ -164,8 +170,7 @@ def test_delete_and_retention(tmp_path: Path) -> None:
     assert store.get("b") is None
 
 
-def test_overdue_jobs_end_in_error(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.db")
+def test_overdue_jobs_end_in_error(store: JobStore) -> None:
     add(store, "late", deadline_s=10)
     add(store, "fine", deadline_s=1000)
     assert store.expire_overdue(now=time.time() + 100) == ["/x/late"]
@@ -188,7 +193,71 @@ def test_a_database_from_an_older_version_gains_the_new_columns(tmp_path: Path) 
             "INSERT INTO jobs VALUES ('old', 'done', 1.0, 1.0, 2.0, 10, 1.0, NULL, '{}', 1,"
             ' NULL, \'{"text": "hi"}\', NULL, NULL)'
         )
-    store = JobStore(path)
+    store = open_store(f"sqlite:///{path}")
     old = store.get("old")
     assert old is not None and old.result == {"text": "hi"} and old.owner in ("", None)
     add(store, "new")
+
+
+def test_progress_counts_and_queue_positions(store: JobStore) -> None:
+    for job_id in ("a", "b", "c"):
+        add(store, job_id)
+        time.sleep(0.01)
+    job = store.claim(lease_s=60)
+    assert job is not None and job.id == "a"
+    assert store.set_progress("a", attempt=job.attempts, progress=0.5, language="fr")
+    assert not store.set_progress("a", attempt=job.attempts + 1, progress=0.9)
+    assert store.renew("a", attempt=job.attempts, lease_s=60)
+    got = store.get("a")
+    assert got is not None and got.progress == 0.5 and got.language == "fr"
+    assert store.count_by_status() == {JobStatus.queued: 2, JobStatus.processing: 1}
+    assert store.count_active() == 3
+    b, c = store.get("b"), store.get("c")
+    assert b is not None and c is not None
+    assert (store.queue_position(b), store.queue_position(c)) == (1, 2)
+
+
+def test_an_owners_jobs_are_listed_newest_first_a_page_at_a_time(store: JobStore) -> None:
+    for i in range(5):
+        add(store, f"j{i}")
+        time.sleep(0.01)
+    add(store, "theirs", owner="o2")
+    first = store.list_jobs(owner="o1", status=None, limit=3)
+    assert [j.id for j in first] == ["j4", "j3", "j2"]
+    rest = store.list_jobs(
+        owner="o1", status=None, limit=3, before=(first[-1].created_at, first[-1].id)
+    )
+    assert [j.id for j in rest] == ["j1", "j0"]
+    assert store.list_jobs(owner="o1", status=JobStatus.done, limit=3) == []
+
+
+def test_ended_jobs_and_the_audio_still_needed(store: JobStore) -> None:
+    add(store, "a")
+    add(store, "b")
+    job = store.claim(lease_s=60, job_id="a")
+    assert job is not None
+    store.finish("a", attempt=job.attempts, result={"text": "x"})
+    assert store.ended_among(["a", "b", "gone"]) == {"a", "gone"}
+    assert store.audio_paths() == {"/x/b"}
+
+
+def test_the_outbox_hands_out_a_due_delivery_once_and_counts_its_tries(store: JobStore) -> None:
+    store.create(
+        job_id="w", owner="o1", size_bytes=1, duration=1.0, audio_path="/x/w", options={},
+        deadline_s=3600, max_active=10, callback_url="https://hooks.example/x",
+    )  # fmt: skip
+    assert store.outbox.claim(lease_s=60) is None  # not due before the job ends
+    job = store.claim(lease_s=60)
+    assert job is not None
+    store.finish("w", attempt=job.attempts, result={"text": "x"})
+    first = store.outbox.claim(lease_s=60)
+    assert first is not None and first.webhook_attempts == 1
+    assert store.outbox.claim(lease_s=60) is None  # held by the first caller
+    retry = store.outbox.tried("w", attempt=1, error="HTTP 503", retry_at=time.time() - 1)
+    assert retry is not None and retry.webhook_status == "pending"
+    second = store.outbox.claim(lease_s=60)
+    assert second is not None and second.webhook_attempts == 2
+    assert store.outbox.tried("w", attempt=1, error=None, retry_at=None) is None  # stale try
+    done = store.outbox.tried("w", attempt=2, error=None, retry_at=None)
+    assert done is not None and done.webhook_status == "delivered"
+    assert store.outbox.claim(lease_s=60) is None

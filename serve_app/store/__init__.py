@@ -1,0 +1,69 @@
+"""The job store: records (records.py), the interface the app uses (interface.py), the
+SQL implementation (sql.py) and its backends (sqlite.py), chosen by DATABASE_URL here."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from serve_app.store.interface import JobStore, WebhookOutbox
+from serve_app.store.records import IdempotencyConflict, Job, JobStatus, OwnerQuotaFull, QueueFull
+
+__all__ = [
+    "IdempotencyConflict",
+    "Job",
+    "JobStatus",
+    "JobStore",
+    "OwnerQuotaFull",
+    "QueueFull",
+    "WebhookOutbox",
+    "check_url",
+    "open_store",
+    "shareable",
+]
+
+BACKENDS = ("sqlite",)
+
+
+def check_url(url: str) -> str:
+    """``url`` if this version has its backend; else ValueError saying what does."""
+    try:
+        backend = make_url(url).get_backend_name()
+    except Exception:
+        raise ValueError(f"{url!r} is not a database URL (sqlite:///PATH)") from None
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"a {backend} database is not supported yet: use sqlite:///PATH (or leave "
+            "DATABASE_URL unset for DATA_DIR/whisper-jobs.db)"
+        )
+    return url
+
+
+def _sqlite_path(url: str) -> Path | None:
+    database = make_url(url).database
+    return Path(database) if database else None
+
+
+def open_store(url: str) -> JobStore:
+    """The job store at ``url``: ``sqlite:///PATH``, or ``sqlite://`` (memory)."""
+    from serve_app.store.sql import SqlJobStore
+    from serve_app.store.sqlite import SQLiteDatabase
+
+    check_url(url)
+    return SqlJobStore(SQLiteDatabase(_sqlite_path(url)))
+
+
+def shareable(url: str) -> str:
+    """A URL that every gateway replica (a process of its own) opens as the same store.
+
+    A relative path is pinned where the operator started the server, not where a
+    replica runs. Memory (the seed's USE_SQLITE=false) must not outlive this start,
+    yet every replica must see the same jobs: a fresh file per start gives both.
+    """
+    check_url(url)
+    path = _sqlite_path(url)
+    if path is None:
+        path = Path(tempfile.mkdtemp(prefix="whisper-jobs-memory-")) / "jobs.db"
+    return f"sqlite:///{path.resolve()}"
