@@ -3,13 +3,13 @@ with packing short jobs turned on (off by default; this tier tests it through th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests import api_client
 from tests.serve.launcher import LaunchError, ServeProcess, config_on_port, free_port
 
 PORT = free_port()
@@ -71,18 +71,8 @@ def client(server: Server) -> Iterator[httpx.Client]:
 
 
 def wait_done(client: httpx.Client, job_id: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        body = client.get(f"/transcribe/{job_id}").json()
-        if body["status"] in ("done", "error"):
-            return body
-        time.sleep(0.25)
-    raise AssertionError(f"job {job_id} did not end in {timeout} s: {body}")
+    return api_client.wait_done(client, job_id, timeout=timeout, every=0.25)
 
 
 def submit(client: httpx.Client, audio: bytes, name: str = "audio.wav", **fields: str) -> str:
-    r = client.post("/transcribe", files={"file": (name, audio)}, data=fields)
-    assert r.status_code == 202, r.text
-    assert r.json()["status"] == "queued"
-    return str(r.json()["job_id"])
+    return str(api_client.submit(client, audio, name, **fields)["job_id"])

@@ -4,7 +4,6 @@ Transcribers (the fixtures are in tests/unit/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from serve_app.main import create_app
 from serve_app.settings import Settings
 from serve_app.store import open_store
 from serve_app.transcriber_client import TranscriberClient
+from tests import api_client
 from tests.fakes import LocalClient
 
 KEY = "test-key-123"
@@ -40,19 +40,11 @@ def make_app(settings: Settings, client: TranscriberClient) -> FastAPI:
 
 
 def wait_done(client: TestClient, job_id: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/transcribe/{job_id}", headers=AUTH).json()
-        if body["status"] in ("done", "error"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not end: {body}")
+    return api_client.wait_done(client, job_id, timeout=timeout, every=0.05, headers=AUTH)
 
 
 def submit(client: TestClient, content: bytes, name: str = "a.flac") -> dict:
-    r = client.post("/transcribe", headers=AUTH, files={"file": (name, content)})
-    assert r.status_code == 202, r.text
-    return r.json()
+    return api_client.submit(client, content, name, headers=AUTH)
 
 
 def uploads(tmp_path: Path) -> list[Path]:

@@ -24,7 +24,7 @@ def test_the_gateway_and_the_app_builder_import_no_engine() -> None:
     """Issue 12, item 3: only a Whisper replica loads faster-whisper, CTranslate2 or torch."""
     probe = (
         "import sys\n"
-        "import serve_app.app, serve_app.main, serve_app.gateway\n"
+        "import serve_app.builder, serve_app.main, serve_app.gateway\n"
         "print(sorted(m for m in ('faster_whisper', 'ctranslate2', 'torch') if m in sys.modules))\n"
     )
     out = subprocess.run(

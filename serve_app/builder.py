@@ -1,4 +1,5 @@
-"""The app builder: the one place that wires the graph (serve run, serve_config.yaml, tests)."""
+"""The Ray app builder (`build_app`): the one place that wires the graph
+(serve run, serve_config.yaml, tests)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from serve_app.gateway import Gateway
 from serve_app.settings import Settings, get_settings
 from serve_app.store import shareable
 
-logger = logging.getLogger("ray.serve.whisper.app")
+logger = logging.getLogger("ray.serve.whisper.builder")
 
 
 class AppArgs(BaseModel):
