@@ -148,18 +148,10 @@ def test_timestamps_split_segments_and_say_how_far_the_text_reached() -> None:
 
 def test_pipeline_loads_without_pyav_faster_whisper_or_ctranslate2() -> None:
     """The GPU check runs the pipeline where only torch and transformers are installed."""
-    import subprocess
-    import sys
+    from tests.imports import loaded_by
 
-    probe = (
-        "import sys\n"
-        "import deployments.engine, deployments.engines.torch.engine\n"
-        "print(sorted(m for m in ('av', 'faster_whisper', 'ctranslate2') if m in sys.modules))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip() == "[]"
+    pipeline = ["deployments.engine", "deployments.engines.torch.engine"]
+    assert loaded_by(pipeline, ("av", "faster_whisper", "ctranslate2")) == []
 
 
 def test_beam_search_reorders_only_the_text_cache(

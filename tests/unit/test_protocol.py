@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -11,6 +9,7 @@ from fastapi.testclient import TestClient
 from deployments.protocol import LANGUAGE_CODES, TranscribeOptions
 from serve_app.auth import fingerprint
 from tests.fakes import LocalClient
+from tests.imports import loaded_by
 from tests.unit.helpers import AUTH, JFK, KEY, make_app, make_settings, wait_done
 
 
@@ -22,15 +21,8 @@ def test_the_languages_are_faster_whispers() -> None:
 
 def test_the_gateway_and_the_app_builder_import_no_engine() -> None:
     """Issue 12, item 3: only a Whisper replica loads faster-whisper, CTranslate2 or torch."""
-    probe = (
-        "import sys\n"
-        "import serve_app.builder, serve_app.main, serve_app.gateway\n"
-        "print(sorted(m for m in ('faster_whisper', 'ctranslate2', 'torch') if m in sys.modules))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip() == "[]"
+    gateway = ["serve_app.builder", "serve_app.main", "serve_app.gateway"]
+    assert loaded_by(gateway, ("faster_whisper", "ctranslate2", "torch")) == []
 
 
 def test_a_form_field_and_the_replica_read_the_same_options(client: TestClient) -> None:
