@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from ray import serve
 
 from deployments.interface import EngineConfig
@@ -55,7 +55,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     settings = settings.model_copy(
         update={
             "data_dir": settings.data_dir.resolve(),
-            "database_url": shareable(settings.database_url),
+            "database_url": SecretStr(shareable(settings.store_url)),
         }
     )
     device = resolve_device(settings)

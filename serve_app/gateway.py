@@ -22,7 +22,11 @@ class Gateway:
     """Auth, CORS, uploads and job records; dispatches jobs to the Transcriber."""
 
     async def __init__(self, settings: Settings, transcriber: DeploymentHandle) -> None:  # type: ignore[misc]
-        store = open_store(settings.database_url)
+        store = open_store(
+            settings.store_url,
+            pool_size=settings.database_pool_size,
+            statement_timeout_s=settings.database_statement_timeout_s,
+        )
         self._app = create_app(settings, HandleClient(transcriber), store)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

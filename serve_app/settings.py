@@ -32,9 +32,16 @@ class Settings(BaseSettings):
     use_sqlite: bool = True
     """Keep jobs in SQLite (they survive restarts); false: in memory, for development only."""
 
-    database_url: str = ""
-    """Where jobs are kept, as a database URL: sqlite:///PATH, or sqlite:// (memory). Unset:
-    the seed's USE_SQLITE and DB_PATH say (DB_PATH, or DATA_DIR/whisper-jobs.db)."""
+    database_url: SecretStr = SecretStr("")
+    """Where jobs are kept, as a database URL: sqlite:///PATH, sqlite:// (memory) or
+    postgresql://USER:PASSWORD@HOST/DB. Unset: the seed's USE_SQLITE and DB_PATH say
+    (DB_PATH, or DATA_DIR/whisper-jobs.db). Secret: it may hold a password."""
+
+    database_pool_size: int = Field(default=5, ge=1, le=100)
+    """PostgreSQL: connections each gateway replica keeps (and as many more at a peak)."""
+
+    database_statement_timeout_s: float = Field(default=30, gt=0)
+    """PostgreSQL: a statement running longer is cancelled (the job's try fails and is retried)."""
 
     data_dir: Path = Path("data")
     """Folder for the database, spooled uploads and model caches."""
@@ -152,16 +159,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _database(self) -> Settings:
-        if not self.database_url:
-            self.database_url = (
-                f"sqlite:///{self.database_file}" if self.use_sqlite else "sqlite://"
-            )
+        if not self.database_url.get_secret_value():
+            url = f"sqlite:///{self.database_file}" if self.use_sqlite else "sqlite://"
+            self.database_url = SecretStr(url)
         return self
 
     @field_validator("database_url")
     @classmethod
-    def _known_database(cls, value: str) -> str:
-        return check_url(value) if value else value
+    def _known_database(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value():
+            check_url(value.get_secret_value())
+        return value
+
+    @property
+    def store_url(self) -> str:
+        """DATABASE_URL, or what the seed's USE_SQLITE and DB_PATH say (never log it)."""
+        return self.database_url.get_secret_value()
 
     @model_validator(mode="after")
     def _fail_closed(self) -> Settings:

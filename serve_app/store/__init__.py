@@ -1,5 +1,6 @@
 """The job store: records (records.py), the interface the app uses (interface.py), the
-SQL implementation (sql.py) and its backends (sqlite.py), chosen by DATABASE_URL here."""
+SQL implementation (sql.py) and its backends (sqlite.py, postgres.py), chosen by
+DATABASE_URL here."""
 
 from __future__ import annotations
 
@@ -24,19 +25,22 @@ __all__ = [
     "shareable",
 ]
 
-BACKENDS = ("sqlite",)
+BACKENDS = ("sqlite", "postgresql")
 
 
 def check_url(url: str) -> str:
-    """``url`` if this version has its backend; else ValueError saying what does."""
+    """``url`` if this version has its backend; else ValueError saying what does (never
+    quoting the URL: it may hold a password)."""
     try:
         backend = make_url(url).get_backend_name()
     except Exception:
-        raise ValueError(f"{url!r} is not a database URL (sqlite:///PATH)") from None
+        raise ValueError(
+            "this is not a database URL: use sqlite:///PATH or postgresql://USER@HOST/DB"
+        ) from None
     if backend not in BACKENDS:
         raise ValueError(
-            f"a {backend} database is not supported yet: use sqlite:///PATH (or leave "
-            "DATABASE_URL unset for DATA_DIR/whisper-jobs.db)"
+            f"a {backend} database is not supported: use sqlite:///PATH or "
+            "postgresql://USER@HOST/DB (or leave DATABASE_URL unset for DATA_DIR/whisper-jobs.db)"
         )
     return url
 
@@ -46,12 +50,18 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(database) if database else None
 
 
-def open_store(url: str) -> JobStore:
-    """The job store at ``url``: ``sqlite:///PATH``, or ``sqlite://`` (memory)."""
+def open_store(url: str, *, pool_size: int = 5, statement_timeout_s: float = 30) -> JobStore:
+    """The job store at ``url``: ``sqlite:///PATH``, ``sqlite://`` (memory), or
+    ``postgresql://...`` (a pool of ``pool_size``, statements cut at the timeout)."""
     from serve_app.store.sql import SqlJobStore
+
+    if make_url(check_url(url)).get_backend_name() == "postgresql":
+        from serve_app.store.postgres import PostgresDatabase
+
+        pg = PostgresDatabase(url, pool_size=pool_size, statement_timeout_s=statement_timeout_s)
+        return SqlJobStore(pg)
     from serve_app.store.sqlite import SQLiteDatabase
 
-    check_url(url)
     return SqlJobStore(SQLiteDatabase(_sqlite_path(url)))
 
 
@@ -62,7 +72,8 @@ def shareable(url: str) -> str:
     replica runs. Memory (the seed's USE_SQLITE=false) must not outlive this start,
     yet every replica must see the same jobs: a fresh file per start gives both.
     """
-    check_url(url)
+    if make_url(check_url(url)).get_backend_name() != "sqlite":
+        return url  # a server: every node reaches the same one
     path = _sqlite_path(url)
     if path is None:
         path = Path(tempfile.mkdtemp(prefix="whisper-jobs-memory-")) / "jobs.db"

@@ -36,6 +36,10 @@ class Database(Protocol):
         """A number that changes when any process commits."""
         ...
 
+    def serialize_quota(self, s: Session) -> None:
+        """Make the caps' count and the insert in ``s`` one step among concurrent submits."""
+        ...
+
 
 def _unfinished() -> Any:
     """The filter for jobs queued or processing (written once)."""
@@ -85,6 +89,7 @@ class SqlJobStore:
                 previous = self._by_key(s, owner, idempotency_key)
                 if previous is not None:
                     return self._replay(previous, audio_sha256)
+                self._db.serialize_quota(s)
                 if self._count_active(s) >= max_active:
                     raise QueueFull
                 self._check_owner(s, job, max_owner_jobs, max_owner_audio_s)
@@ -195,7 +200,8 @@ class SqlJobStore:
         paths: list[str | None] = []
         with self._db.session(write=True) as s:
             unfinished = _unfinished()
-            for job in s.exec(select(Job).where(unfinished, col(Job.deadline_at) < now)):
+            overdue = select(Job).where(unfinished, col(Job.deadline_at) < now)
+            for job in s.exec(overdue.with_for_update(skip_locked=True)):
                 paths.append(job.audio_path)
                 job.status = JobStatus.error
                 job.error = "the job did not finish before its deadline; submit it again"
@@ -238,7 +244,11 @@ class SqlJobStore:
             )
             if job_id is not None:
                 query = query.where(Job.id == job_id)
-            job = s.exec(query.order_by(Job.created_at).limit(1)).first()  # type: ignore[arg-type]
+            # SKIP LOCKED: a row another gateway is claiming is passed over, not waited for
+            # (PostgreSQL; SQLite's writers take turns anyway).
+            oldest = query.order_by(Job.created_at).limit(1)  # type: ignore[arg-type]
+            query = oldest.with_for_update(skip_locked=True)
+            job = s.exec(query).first()
             if job is None:
                 return None
             job.status = JobStatus.processing
@@ -308,7 +318,9 @@ class SqlJobStore:
 
     @staticmethod
     def _held(s: Session, job_id: str, attempt: int) -> Job | None:
-        job = s.get(Job, job_id)
+        # Locked from this read to the commit: a claim by another gateway cannot slip
+        # between the fencing check and the write.
+        job = s.get(Job, job_id, with_for_update=True)
         if job is None or job.status != JobStatus.processing or job.attempts != attempt:
             return None
         return job
@@ -328,7 +340,9 @@ class SqlWebhookOutbox:
             )
             if job_id is not None:
                 query = query.where(Job.id == job_id)
-            job = s.exec(query.order_by(Job.webhook_next_at).limit(1)).first()  # type: ignore[arg-type]
+            due = query.order_by(Job.webhook_next_at).limit(1)  # type: ignore[arg-type]
+            query = due.with_for_update(skip_locked=True)
+            job = s.exec(query).first()
             if job is None:
                 return None
             job.webhook_attempts += 1
@@ -340,7 +354,7 @@ class SqlWebhookOutbox:
         self, job_id: str, *, attempt: int, error: str | None, retry_at: float | None
     ) -> Job | None:
         with self._db.session(write=True) as s:
-            job = s.get(Job, job_id)
+            job = s.get(Job, job_id, with_for_update=True)
             if job is None or job.webhook_status != "pending" or job.webhook_attempts != attempt:
                 return None
             job.webhook_error = error

@@ -90,6 +90,9 @@ class SQLiteDatabase:
             if self._lock is not None:
                 self._lock.release()
 
+    def serialize_quota(self, s: Session) -> None:
+        """Nothing to do: writers hold SQLite's write lock from BEGIN IMMEDIATE."""
+
     def data_version(self) -> int:
         if self._watch is None:
             return 0  # memory: one process, whose own ends are signalled directly

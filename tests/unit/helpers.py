@@ -36,7 +36,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
 
 def make_app(settings: Settings, client: TranscriberClient) -> FastAPI:
     """The app over the job store its settings name, as the Gateway builds it."""
-    return create_app(settings, client, open_store(settings.database_url))
+    return create_app(settings, client, open_store(settings.store_url))
 
 
 def wait_done(client: TestClient, job_id: str, timeout: float = 10) -> dict:

@@ -22,6 +22,7 @@ from deployments.protocol import (
     Transcript,
 )
 from tests.fakes import LocalClient, long_job_client
+from tests.postgres import PostgresServer
 from tests.unit.helpers import (
     AUTH,
     JFK,
@@ -630,7 +631,7 @@ def test_a_long_poll_hears_of_a_job_another_gateway_ends(tmp_path: Path) -> None
     from serve_app.store import open_store
 
     settings = make_settings(tmp_path)
-    here, there = open_store(settings.database_url), open_store(settings.database_url)
+    here, there = open_store(settings.store_url), open_store(settings.store_url)
     here.create(
         job_id="j1", owner="o", size_bytes=1, duration=1.0, audio_path="/x", options={},
         deadline_s=60, max_active=10,
@@ -713,3 +714,18 @@ def test_status_reads_beyond_the_per_key_rate_get_429(tmp_path: Path) -> None:
         assert refused.headers["Retry-After"] == "1"
         time.sleep(1.1)  # two tokens back
         assert c.get(f"/transcribe/{job_id}", headers=AUTH).status_code == 200
+
+
+def test_the_app_runs_its_jobs_on_postgresql(tmp_path: Path, postgres: PostgresServer) -> None:
+    """The same app over a PostgreSQL store (DATABASE_URL): submit, long poll, list, delete."""
+    settings = make_settings(tmp_path, database_url=postgres.database())
+    with TestClient(make_app(settings, LocalClient())) as c:
+        ids = [submit(c, JFK.read_bytes())["job_id"] for _ in range(3)]
+        for job_id in ids:
+            done = c.get(f"/transcribe/{job_id}", params={"wait": 10}, headers=AUTH).json()
+            assert done["status"] == "done" and done["text"], done
+        listed = c.get("/transcribe", headers=AUTH).json()["jobs"]
+        assert sorted(j["job_id"] for j in listed) == sorted(ids)
+        assert c.delete(f"/transcribe/{ids[0]}", headers=AUTH).status_code == 204
+        assert c.get(f"/transcribe/{ids[0]}", headers=AUTH).status_code == 404
+    assert uploads(tmp_path) == []

@@ -40,7 +40,7 @@ def test_seed_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.api_keys == ["k1", "k2"]
     assert s.allowed_origins == ["https://a.vercel.app", "http://localhost:3000"]
     assert str(s.database_file) == "/tmp/x/whisper-jobs.db"
-    assert s.database_url == "sqlite:////tmp/x/whisper-jobs.db"
+    assert s.store_url == "sqlite:////tmp/x/whisper-jobs.db"
     assert s.max_file_bytes == 25_000_000
     assert "k1" not in repr(s)
 
@@ -61,10 +61,10 @@ def test_the_job_store_is_chosen_by_database_url(monkeypatch: pytest.MonkeyPatch
     from serve_app.store import shareable
 
     monkeypatch.setenv("WHISPER_API_KEY", "k")
-    assert get_settings().database_url == "sqlite:////tmp/data/whisper-jobs.db"
+    assert get_settings().store_url == "sqlite:////tmp/data/whisper-jobs.db"
     monkeypatch.setenv("USE_SQLITE", "false")  # the seed's memory mode
     get_settings.cache_clear()
-    memory = get_settings().database_url
+    memory = get_settings().store_url
     assert memory == "sqlite://"
     # Every gateway replica opens the same store: memory becomes a fresh file per start,
     # a relative path is pinned where the server started.
@@ -72,7 +72,7 @@ def test_the_job_store_is_chosen_by_database_url(monkeypatch: pytest.MonkeyPatch
     assert shareable("sqlite:///rel/jobs.db") == "sqlite:////tmp/rel/jobs.db"
     monkeypatch.setenv("DATABASE_URL", "sqlite:////srv/jobs.db")
     get_settings.cache_clear()
-    assert get_settings().database_url == "sqlite:////srv/jobs.db"
+    assert get_settings().store_url == "sqlite:////srv/jobs.db"
     monkeypatch.setenv("DATABASE_URL", "mysql://db/jobs")
     get_settings.cache_clear()
     with pytest.raises(SettingsError, match=r"DATABASE_URL.*mysql"):

@@ -1,6 +1,8 @@
 """The job store's contract (serve_app/store/interface.py): every backend passes the
-tests that take the ``store`` fixture (a new backend adds itself to BACKENDS); then what
-is SQLite's own (two processes on one file, memory, databases of older versions)."""
+tests that take the ``store`` fixture (a new backend adds itself to BACKENDS), and every
+backend that several processes share passes the ``shared`` ones (gateways racing);
+then what is a backend's own (memory, SQLite files of older versions, a PostgreSQL
+restart, LISTEN/NOTIFY)."""
 
 from __future__ import annotations
 
@@ -12,16 +14,29 @@ from pathlib import Path
 import pytest
 
 from serve_app.store import IdempotencyConflict, Job, JobStatus, JobStore, QueueFull, open_store
+from tests.postgres import PostgresServer
 
-BACKENDS = {
-    "sqlite-file": lambda tmp: f"sqlite:///{tmp / 'jobs.db'}",
-    "sqlite-memory": lambda tmp: "sqlite://",
-}
+SHARED = ["sqlite-file", "postgresql"]
+"""Backends several gateway processes share."""
+BACKENDS = [*SHARED, "sqlite-memory"]
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+def new_database(backend: str, request: pytest.FixtureRequest, tmp: Path) -> str:
+    """The URL of an empty database of ``backend``."""
+    if backend == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        return server.database()
+    return f"sqlite:///{tmp / 'jobs.db'}" if backend == "sqlite-file" else "sqlite://"
+
+
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
-    return open_store(BACKENDS[request.param](tmp_path))
+    return open_store(new_database(request.param, request, tmp_path))
+
+
+@pytest.fixture(params=SHARED)
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return new_database(request.param, request, tmp_path)
 
 
 def add(
@@ -85,17 +100,17 @@ def test_release_requeues(store: JobStore) -> None:
     assert again is not None and again.attempts == 2
 
 
-def test_two_stores_on_one_file_never_claim_the_same_job(tmp_path: Path) -> None:
-    """Two gateway replicas share the SQLite file: every job is claimed exactly once."""
-    path = tmp_path / "jobs.db"
-    writer = open_store(f"sqlite:///{path}")
+@pytest.mark.parametrize("gateways", [2, 4])
+def test_gateways_sharing_a_database_never_claim_the_same_job(shared: str, gateways: int) -> None:
+    """Gateway replicas share the queue: every job is claimed exactly once."""
+    writer = open_store(shared)
     for i in range(200):
         add(writer, f"job{i:03}")
-    stores = [open_store(f"sqlite:///{path}") for _ in range(2)]
-    claimed: list[list[str]] = [[], []]
+    stores = [open_store(shared) for _ in range(gateways)]
+    claimed: list[list[str]] = [[] for _ in stores]
     errors: list[BaseException] = []
 
-    start = threading.Barrier(2)
+    start = threading.Barrier(gateways)
 
     def worker(n: int) -> None:
         start.wait()
@@ -110,15 +125,38 @@ def test_two_stores_on_one_file_never_claim_the_same_job(tmp_path: Path) -> None
         except BaseException as exc:  # "database is locked" would land here
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in (0, 1)]
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(gateways)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert errors == []
-    every = claimed[0] + claimed[1]
+    every = [job_id for mine in claimed for job_id in mine]
     assert sorted(every) == [f"job{i:03}" for i in range(200)]
-    assert claimed[0] and claimed[1]
+    assert all(claimed)
+
+
+def test_a_commit_by_one_gateway_changes_what_another_watches(shared: str) -> None:
+    """Long polls across gateways: SQLite's data_version, PostgreSQL's LISTEN/NOTIFY."""
+    here, there = open_store(shared), open_store(shared)
+    before = here.data_version()
+    add(there, "a")
+    deadline = time.monotonic() + 5
+    while here.data_version() == before:
+        assert time.monotonic() < deadline, "the other gateway's commit went unseen"
+        time.sleep(0.02)
+
+
+def test_the_store_carries_on_after_postgresql_restarts(postgres: PostgresServer) -> None:
+    store = open_store(postgres.database())
+    add(store, "before")
+    seen = store.data_version()
+    postgres.restart()
+    add(store, "after")  # a pooled connection died with the server: checked, replaced
+    job = store.claim(lease_s=60)
+    assert job is not None and job.id == "before"
+    assert store.finish("before", attempt=job.attempts, result={}) is not None
+    assert store.data_version() != seen  # listening again; the watchers look again
 
 
 def test_memory_store_works_without_a_file(tmp_path: Path) -> None:
