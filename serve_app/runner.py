@@ -132,9 +132,8 @@ class JobRunner:
         begin = time.monotonic()
         heartbeat = asyncio.create_task(self._heartbeat(job))
         try:
-            try:
-                audio = await asyncio.to_thread(Path(job.audio_path or "").read_bytes)
-            except OSError:
+            audio = await asyncio.to_thread(self._audio, job)
+            if audio is None:
                 await self._finish(job, error="the uploaded audio is gone", code="audio_missing")
                 return
             # More jobs are on their way to the Transcriber: uploads in progress
@@ -172,6 +171,14 @@ class JobRunner:
             job.attempts,
             job.duration or 0.0,
         )
+
+    def _audio(self, job: Job) -> bytes | None:
+        """The job's spooled file, or, on another node than the one that took the job in,
+        the copy its store keeps (PostgreSQL)."""
+        try:
+            return Path(job.audio_path or "").read_bytes()
+        except OSError:
+            return self.store.audio(job.id)
 
     async def _attempt(
         self, job: Job, audio: bytes, options: TranscribeOptions, more_coming: bool

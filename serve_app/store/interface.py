@@ -62,7 +62,16 @@ class JobStore(Protocol):
         queued or running, OwnerQuotaFull when the owner has ``max_owner_jobs``
         jobs or ``max_owner_audio_s`` seconds of audio (with this job's) queued or
         running (all counted in the same transaction as the insert).
+
+        A store whose gateways may run on several nodes also keeps the bytes of the
+        file at ``audio_path``: ``audio`` gives them to a gateway on another node
+        until the job ends.
         """
+        ...
+
+    def audio(self, job_id: str) -> bytes | None:
+        """A job's audio, if the store keeps it (see ``create``); None once the job ended
+        or where the store keeps none (the file at the job's ``audio_path`` is the audio)."""
         ...
 
     def get(self, job_id: str) -> Job | None: ...

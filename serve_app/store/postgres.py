@@ -44,6 +44,9 @@ CREATE OR REPLACE TRIGGER whisper_jobs_changed
 class PostgresDatabase:
     """Sessions from a pool on one PostgreSQL database, and its change counter."""
 
+    keeps_audio = True
+    """Any gateway, on any node, reads a job's audio: a copy is kept in the job_audio table."""
+
     def __init__(self, url: str, *, pool_size: int, statement_timeout_s: float) -> None:
         # SQLAlchemy's name for psycopg 3 is postgresql+psycopg.
         self._url = make_url(url).set(drivername="postgresql+psycopg")

@@ -78,3 +78,13 @@ class Job(SQLModel, table=True):
     @property
     def result(self) -> dict[str, Any] | None:
         return None if self.result_json is None else dict(json.loads(self.result_json))
+
+
+class JobAudio(SQLModel, table=True):
+    """A job's spooled audio, where the store keeps it (PostgreSQL: every node reads it);
+    deleted in the transaction that ends or removes the job."""
+
+    __tablename__ = "job_audio"
+
+    job_id: str = Field(primary_key=True)
+    data: bytes

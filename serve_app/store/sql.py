@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import time
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import func, or_
+from sqlalchemy import delete, func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from serve_app.store.records import (
     IdempotencyConflict,
     Job,
+    JobAudio,
     JobStatus,
     OwnerQuotaFull,
     QueueFull,
@@ -39,6 +41,9 @@ class Database(Protocol):
     def serialize_quota(self, s: Session) -> None:
         """Make the caps' count and the insert in ``s`` one step among concurrent submits."""
         ...
+
+    keeps_audio: bool
+    """Spooled audio goes into the database (the job_audio table), not a local file."""
 
 
 def _unfinished() -> Any:
@@ -93,6 +98,8 @@ class SqlJobStore:
                 if self._count_active(s) >= max_active:
                     raise QueueFull
                 self._check_owner(s, job, max_owner_jobs, max_owner_audio_s)
+                if self._db.keeps_audio:
+                    s.add(JobAudio(job_id=job_id, data=Path(audio_path).read_bytes()))
                 s.add(job)
         except IntegrityError:
             # Another gateway inserted the same key between our read and write.
@@ -185,7 +192,13 @@ class SqlJobStore:
             job = s.get(Job, job_id)
             if job is not None:
                 s.delete(job)
+                _drop_audio(s, job_id)
             return job
+
+    def audio(self, job_id: str) -> bytes | None:
+        with self._db.session(write=False) as s:
+            kept = s.get(JobAudio, job_id)
+            return None if kept is None else bytes(kept.data)
 
     def purge_finished(self, *, older_than: float) -> int:
         with self._db.session(write=True) as s:
@@ -209,6 +222,7 @@ class SqlJobStore:
                 job.finished_at = now
                 job.lease_until = None
                 job.audio_path = None
+                _drop_audio(s, job.id)
                 _webhook_due(job, now)
                 s.add(job)
         return paths
@@ -287,6 +301,7 @@ class SqlJobStore:
             job.finished_at = time.time()
             job.lease_until = None
             job.audio_path = None  # the caller deletes the file once this commits
+            _drop_audio(s, job_id)
             if error is None:
                 job.progress = 1.0
             _webhook_due(job, job.finished_at)
@@ -369,6 +384,10 @@ class SqlWebhookOutbox:
                 job.webhook_next_at = retry_at
             s.add(job)
             return job
+
+
+def _drop_audio(s: Session, job_id: str) -> None:
+    s.execute(delete(JobAudio).where(col(JobAudio.job_id) == job_id))
 
 
 def _webhook_due(job: Job, now: float) -> None:

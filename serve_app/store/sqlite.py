@@ -44,6 +44,9 @@ def _file_engine(path: Path, *, immediate: bool) -> Engine:
 class SQLiteDatabase:
     """Sessions on one SQLite file (``path``), or on one shared in-memory connection."""
 
+    keeps_audio = False
+    """One node: a job's spooled file stays on its disk."""
+
     def __init__(self, path: Path | None) -> None:
         self._lock: threading.Lock | None = None
         self._watch: sqlite3.Connection | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -729,3 +730,21 @@ def test_the_app_runs_its_jobs_on_postgresql(tmp_path: Path, postgres: PostgresS
         assert c.delete(f"/transcribe/{ids[0]}", headers=AUTH).status_code == 204
         assert c.get(f"/transcribe/{ids[0]}", headers=AUTH).status_code == 404
     assert uploads(tmp_path) == []
+
+
+def test_a_job_accepted_on_a_node_that_is_gone_ends_on_another(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """Issue 13: with PostgreSQL the audio is in the database, so a job accepted by a gateway
+    whose node (and disk) is gone is run by a gateway elsewhere."""
+    url = postgres.database()
+    node_a = make_settings(tmp_path / "a", database_url=url)
+    with TestClient(make_app(node_a, Hanging())) as a:
+        job_id = submit(a, JFK.read_bytes())["job_id"]
+        assert a.get(f"/transcribe/{job_id}", headers=AUTH).json()["status"] == "processing"
+    shutil.rmtree(tmp_path / "a")  # the node and its disk are gone (its lease was handed back)
+    app_b = make_app(make_settings(tmp_path / "b", database_url=url), LocalClient())
+    app_b.state.background.sweep_interval_s = 0.05
+    with TestClient(app_b) as b:
+        done = wait_done(b, job_id)
+    assert done["status"] == "done" and done["text"] and done["attempts"] == 2

@@ -7,6 +7,7 @@ restart, LISTEN/NOTIFY)."""
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,6 +40,16 @@ def shared(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return new_database(request.param, request, tmp_path)
 
 
+SPOOL = Path(tempfile.mkdtemp(prefix="whisper-store-test-"))
+
+
+def spooled(job_id: str) -> str:
+    """A spooled upload's path (a store may read the file: PostgreSQL keeps a copy)."""
+    path = SPOOL / job_id
+    path.write_bytes(b"RIFF" + job_id.encode())
+    return str(path)
+
+
 def add(
     store: JobStore,
     job_id: str,
@@ -54,7 +65,7 @@ def add(
         owner=owner,
         size_bytes=1,
         duration=1.0,
-        audio_path=f"/x/{job_id}",
+        audio_path=spooled(job_id),
         options={},
         deadline_s=deadline_s,
         max_active=max_active,
@@ -198,7 +209,7 @@ def test_delete_and_retention(store: JobStore) -> None:
     add(store, "a")
     add(store, "b")
     removed = store.delete("a")
-    assert removed is not None and removed.audio_path == "/x/a"
+    assert removed is not None and removed.audio_path == str(SPOOL / "a")
     assert store.get("a") is None
     job = store.claim(lease_s=60)
     assert job is not None
@@ -211,7 +222,7 @@ def test_delete_and_retention(store: JobStore) -> None:
 def test_overdue_jobs_end_in_error(store: JobStore) -> None:
     add(store, "late", deadline_s=10)
     add(store, "fine", deadline_s=1000)
-    assert store.expire_overdue(now=time.time() + 100) == ["/x/late"]
+    assert store.expire_overdue(now=time.time() + 100) == [str(SPOOL / "late")]
     late, fine = store.get("late"), store.get("fine")
     assert late is not None and late.status == JobStatus.error
     assert late.error_code == "deadline_exceeded"
@@ -276,12 +287,12 @@ def test_ended_jobs_and_the_audio_still_needed(store: JobStore) -> None:
     assert job is not None
     store.finish("a", attempt=job.attempts, result={"text": "x"})
     assert store.ended_among(["a", "b", "gone"]) == {"a", "gone"}
-    assert store.audio_paths() == {"/x/b"}
+    assert store.audio_paths() == {str(SPOOL / "b")}
 
 
 def test_the_outbox_hands_out_a_due_delivery_once_and_counts_its_tries(store: JobStore) -> None:
     store.create(
-        job_id="w", owner="o1", size_bytes=1, duration=1.0, audio_path="/x/w", options={},
+        job_id="w", owner="o1", size_bytes=1, duration=1.0, audio_path=spooled("w"), options={},
         deadline_s=3600, max_active=10, callback_url="https://hooks.example/x",
     )  # fmt: skip
     assert store.outbox.claim(lease_s=60) is None  # not due before the job ends
@@ -299,3 +310,23 @@ def test_the_outbox_hands_out_a_due_delivery_once_and_counts_its_tries(store: Jo
     done = store.outbox.tried("w", attempt=2, error=None, retry_at=None)
     assert done is not None and done.webhook_status == "delivered"
     assert store.outbox.claim(lease_s=60) is None
+
+
+def test_a_store_shared_by_nodes_keeps_a_jobs_audio_until_it_ends(store: JobStore) -> None:
+    for job_id in ("ends", "deleted", "late"):
+        add(store, job_id, deadline_s=10 if job_id == "late" else 3600)
+    shared = store.audio("ends") is not None  # PostgreSQL: any node's gateway reads it
+    for job_id in ("ends", "deleted", "late"):
+        assert store.audio(job_id) == ((b"RIFF" + job_id.encode()) if shared else None)
+    claimed = store.claim(lease_s=60, job_id="ends")
+    assert claimed is not None
+    store.finish("ends", attempt=claimed.attempts, result={})
+    store.delete("deleted")
+    store.expire_overdue(now=time.time() + 100)
+    assert [store.audio(j) for j in ("ends", "deleted", "late")] == [None, None, None]
+
+
+def test_postgresql_keeps_the_audio(postgres: PostgresServer) -> None:
+    store = open_store(postgres.database())
+    add(store, "a")
+    assert store.audio("a") == b"RIFFa"
