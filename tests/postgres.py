@@ -47,7 +47,11 @@ class PostgresServer:
     def _run(self, *args: str) -> None:
         command = [str(self.bin / args[0]), *args[1:]]
         if self._as_postgres:
-            command = ["runuser", "-u", "postgres", "--", *command]
+            # /usr/sbin may not be on PATH (CI's environment has /usr/bin:/bin).
+            runuser = shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin")
+            if runuser is None:
+                raise PostgresUnavailable("runuser is missing: cannot run PostgreSQL as postgres")
+            command = [runuser, "-u", "postgres", "--", *command]
         out = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise PostgresUnavailable(f"{args[0]} failed: {out.stderr.strip()[-500:]}")

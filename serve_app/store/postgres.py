@@ -19,12 +19,14 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
+
+from serve_app.store import migrate
 
 logger = logging.getLogger("ray.serve.whisper.store")
 
 CHANNEL = "whisper_jobs"
-# Serializes schema creation between gateways starting at once, and the caps'
+# Serializes migrations between gateways starting at once, and the caps'
 # count-then-insert between gateways submitting at once.
 SCHEMA_LOCK = 7_301_001
 QUOTA_LOCK = 7_301_002
@@ -60,7 +62,7 @@ class PostgresDatabase:
         )
         with self._engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
-            SQLModel.metadata.create_all(conn)
+            migrate.upgrade(conn)
             conn.exec_driver_sql(_NOTIFY)
         self._listen_lock = threading.Lock()
         self._listener: Any = None

@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, inspect, text
+from sqlalchemy import Engine, event
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
-from serve_app.store.records import Job
+from serve_app.store import migrate
 
 
 def _file_engine(path: Path, *, immediate: bool) -> Engine:
@@ -65,20 +65,8 @@ class SQLiteDatabase:
             self._reader = _file_engine(path, immediate=False)
             # Its own connection: PRAGMA data_version counts the commits of others.
             self._watch = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        SQLModel.metadata.create_all(self._writer)
-        self._add_missing_columns()
-
-    def _add_missing_columns(self) -> None:
-        """Bring a database made by an older version up to this table (new columns only)."""
-        table = Job.__table__  # type: ignore[attr-defined]
-        with self._writer.begin() as conn:
-            present = {c["name"] for c in inspect(conn).get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in present:
-                    kind = column.type.compile(dialect=conn.dialect)
-                    conn.execute(
-                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-                    )
+        with self._writer.begin() as conn:  # BEGIN IMMEDIATE: one gateway migrates at a time
+            migrate.upgrade(conn)
 
     @contextmanager
     def session(self, *, write: bool) -> Iterator[Session]:

@@ -6,6 +6,7 @@ restart, LISTEN/NOTIFY)."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.store import IdempotencyConflict, Job, JobStatus, JobStore, QueueFull, open_store
+from tests.audio_util import DATA
 from tests.postgres import PostgresServer
 
 SHARED = ["sqlite-file", "postgresql"]
@@ -229,7 +231,7 @@ def test_overdue_jobs_end_in_error(store: JobStore) -> None:
     assert fine is not None and fine.status == JobStatus.queued
 
 
-def test_a_database_from_an_older_version_gains_the_new_columns(tmp_path: Path) -> None:
+def test_a_database_of_the_first_schema_gains_the_new_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
         db.execute(
@@ -330,3 +332,42 @@ def test_postgresql_keeps_the_audio(postgres: PostgresServer) -> None:
     store = open_store(postgres.database())
     add(store, "a")
     assert store.audio("a") == b"RIFFa"
+
+
+def test_a_database_made_by_the_release_before_migrations_upgrades_in_place(
+    tmp_path: Path,
+) -> None:
+    """tests/data/jobs-before-alembic.db was made by the code of commit 68448de (one done job
+    with its webhook due and an Idempotency-Key, one queued job)."""
+    path = tmp_path / "jobs.db"
+    shutil.copy(DATA / "jobs-before-alembic.db", path)
+    store = open_store(f"sqlite:///{path}")
+    done = store.get("done-job")
+    assert done is not None and done.status == JobStatus.done
+    assert done.result is not None and done.result["text"] == "ask not"
+    assert done.options == {"language": "en", "word_timestamps": True}
+    due = store.outbox.claim(lease_s=60)
+    assert due is not None and due.id == "done-job"
+    queued = store.claim(lease_s=60)
+    assert queued is not None and queued.id == "queued-job"
+    replay, created = add(store, "again", owner="owner-a", key="idem-1", sha="sha-1")
+    assert not created and replay.id == "done-job"
+    add(store, "new")
+    assert _revision(path) == "0001"
+    open_store(f"sqlite:///{path}")  # opened again: nothing left to do
+    assert _revision(path) == "0001"
+
+
+def test_a_new_postgresql_database_is_made_by_the_migrations(postgres: PostgresServer) -> None:
+    import psycopg
+
+    url = postgres.database()
+    open_store(url)
+    open_store(url)  # a second gateway: already at the newest revision
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+
+
+def _revision(path: Path) -> str:
+    with sqlite3.connect(path) as db:
+        return str(db.execute("SELECT version_num FROM alembic_version").fetchone()[0])
