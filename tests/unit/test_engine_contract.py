@@ -137,3 +137,25 @@ def test_a_backend_decodes_one_prompt_per_row_of_an_encoder_pass(
     [alignment] = backend.align(encoded, [0], tokenizer.sot_sequence, [text], [1100])
     assert len(alignment.text_indices) == len(alignment.time_indices) > 0
     assert not backend.multilingual and backend.languages == ("en",)
+
+
+def test_a_backend_samples_a_window_the_same_way_every_time(backend: WhisperBackend) -> None:
+    """The temperature fallback samples from SAMPLING_SEED: the same audio, the same text,
+    whatever was sampled before. (CTranslate2 seeds a thread's generator once, at its first
+    draw: set_random_seed alone gave 3 different samples in 6 calls.)"""
+    from deployments.engines.tokenizer import WhisperTokenizer, load
+
+    tokenizer = WhisperTokenizer(
+        load(backend.tokenizer_json), multilingual=False, language="en", task="transcribe"
+    )
+    encoded = backend.encode([decode(str(JFK))])
+    samples = {
+        tuple(
+            backend.generate(
+                encoded, [tokenizer.sot_sequence], beam_size=1, max_length=MAX_LENGTH,
+                temperature=1.0, best_of=2,
+            )[0].tokens
+        )
+        for _ in range(4)
+    }  # fmt: skip
+    assert len(samples) == 1

@@ -56,6 +56,8 @@ class CTranslate2Whisper:
         # once (one model copy each) decode 22 + 10 clips in 3.8 s, against
         # 5.1 s one after the other and 4.1 s as one batch of 32.
         self.workers = config.workers or (1 if config.device == "cuda" else 2)
+        self._path, self._device, self._compute_type = str(path), config.device, compute_type
+        self._threads = threads
         self.model = WhisperModel(
             path,
             device=config.device,
@@ -154,10 +156,7 @@ class CTranslate2Whisper:
                 )[0]
                 for i, prompt in enumerate(prompts)
             ]
-        if temperature > 0:
-            import ctranslate2
-
-            ctranslate2.set_random_seed(SAMPLING_SEED)
+        model = self._sampler() if temperature > 0 else self.model.model
         # CTranslate2 decodes together only prompts whose start token is at the
         # same place (as much previous text): one call per such group.
         groups: dict[int, list[int]] = {}
@@ -165,7 +164,7 @@ class CTranslate2Whisper:
             groups.setdefault(prompt.index(self._sot), []).append(i)
         results: list[Any] = [None] * len(prompts)
         for members in groups.values():
-            decoded = self.model.model.generate(
+            decoded = model.generate(
                 self._windows(
                     encoded,
                     [windows[i] for i in members],
@@ -194,6 +193,30 @@ class CTranslate2Whisper:
             )
             for r in results
         ]
+
+    def _sampler(self) -> Any:
+        """The model to sample a fallback with, its generator at SAMPLING_SEED.
+
+        CTranslate2 seeds each thread's generator once, at its first draw
+        (``set_random_seed`` reaches only threads that have not drawn yet), and
+        decodes on its worker threads: with the shared model a window's sample
+        depended on what was sampled before it (3 different texts in 6 calls).
+        On a CPU a copy with a worker thread of its own costs about 0.1 s
+        (tiny.en), and fallbacks are rare. On CUDA, where a copy of a large
+        model costs seconds and memory, the shared model samples (not reproducible).
+        """
+        import ctranslate2
+
+        if self._device != "cpu":
+            return self.model.model
+        ctranslate2.set_random_seed(SAMPLING_SEED)
+        return ctranslate2.models.Whisper(
+            self._path,
+            device="cpu",
+            compute_type=self._compute_type,
+            intra_threads=self._threads,
+            inter_threads=1,
+        )
 
     def align(
         self,
