@@ -394,6 +394,8 @@ def main() -> None:
         "clips": len(clips),
         "audio_seconds": round(audio, 2),
         "server_packs_short_jobs": args.pack,
+        # The job store the server ran on (DATABASE_URL's scheme; SQLite when unset).
+        "job_store": (os.environ.get("DATABASE_URL") or "sqlite").split(":", 1)[0],
     }
     print(f"{len(clips)} clips, {audio:.1f} s of audio, {args.threads} threads")
     # The baselines run before the server and again after it (the machine's
