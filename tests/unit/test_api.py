@@ -741,7 +741,9 @@ def test_a_job_accepted_on_a_node_that_is_gone_ends_on_another(
     node_a = make_settings(tmp_path / "a", database_url=url)
     with TestClient(make_app(node_a, Hanging())) as a:
         job_id = submit(a, JFK.read_bytes())["job_id"]
-        assert a.get(f"/transcribe/{job_id}", headers=AUTH).json()["status"] == "processing"
+        deadline = time.monotonic() + 10  # A claims it a moment after the submit answers
+        while a.get(f"/transcribe/{job_id}", headers=AUTH).json()["status"] != "processing":
+            assert time.monotonic() < deadline, "gateway A never took the job"
     shutil.rmtree(tmp_path / "a")  # the node and its disk are gone (its lease was handed back)
     app_b = make_app(make_settings(tmp_path / "b", database_url=url), LocalClient())
     app_b.state.background.sweep_interval_s = 0.05
