@@ -175,10 +175,10 @@ class JobRunner:
     def _audio(self, job: Job) -> bytes | None:
         """The job's spooled file, or, on another node than the one that took the job in,
         the copy its store keeps (PostgreSQL)."""
-        try:
-            return Path(job.audio_path or "").read_bytes()
-        except OSError:
-            return self.store.audio(job.id)
+        if job.audio_path:
+            with contextlib.suppress(OSError):
+                return Path(job.audio_path).read_bytes()
+        return self.store.audio(job.id)
 
     async def _attempt(
         self, job: Job, audio: bytes, options: TranscribeOptions, more_coming: bool

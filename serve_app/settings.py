@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serve_app.errors import describe
-from serve_app.store import check_url
+from serve_app.store import backend_of
 
 
 class SettingsError(ValueError):
@@ -168,7 +168,7 @@ class Settings(BaseSettings):
     @classmethod
     def _known_database(cls, value: SecretStr) -> SecretStr:
         if value.get_secret_value():
-            check_url(value.get_secret_value())
+            backend_of(value.get_secret_value())
         return value
 
     @property

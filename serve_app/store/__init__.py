@@ -20,7 +20,7 @@ __all__ = [
     "OwnerQuotaFull",
     "QueueFull",
     "WebhookOutbox",
-    "check_url",
+    "backend_of",
     "open_store",
     "shareable",
 ]
@@ -28,9 +28,9 @@ __all__ = [
 BACKENDS = ("sqlite", "postgresql")
 
 
-def check_url(url: str) -> str:
-    """``url`` if this version has its backend; else ValueError saying what does (never
-    quoting the URL: it may hold a password)."""
+def backend_of(url: str) -> str:
+    """The backend ``url`` names, if this version has it; else ValueError saying what it
+    has (never quoting the URL: it may hold a password)."""
     try:
         backend = make_url(url).get_backend_name()
     except Exception:
@@ -42,7 +42,7 @@ def check_url(url: str) -> str:
             f"a {backend} database is not supported: use sqlite:///PATH or "
             "postgresql://USER@HOST/DB (or leave DATABASE_URL unset for DATA_DIR/whisper-jobs.db)"
         )
-    return url
+    return backend
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -55,7 +55,7 @@ def open_store(url: str, *, pool_size: int = 5, statement_timeout_s: float = 30)
     ``postgresql://...`` (a pool of ``pool_size``, statements cut at the timeout)."""
     from serve_app.store.sql import SqlJobStore
 
-    if make_url(check_url(url)).get_backend_name() == "postgresql":
+    if backend_of(url) == "postgresql":
         from serve_app.store.postgres import PostgresDatabase
 
         pg = PostgresDatabase(url, pool_size=pool_size, statement_timeout_s=statement_timeout_s)
@@ -72,7 +72,7 @@ def shareable(url: str) -> str:
     replica runs. Memory (the seed's USE_SQLITE=false) must not outlive this start,
     yet every replica must see the same jobs: a fresh file per start gives both.
     """
-    if make_url(check_url(url)).get_backend_name() != "sqlite":
+    if backend_of(url) != "sqlite":
         return url  # a server: every node reaches the same one
     path = _sqlite_path(url)
     if path is None:

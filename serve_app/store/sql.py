@@ -1,7 +1,7 @@
 """The job store in SQL (SQLModel): queue, leases and fencing, the webhook outbox.
 
-Backend-neutral: a ``Database`` (serve_app/store/sqlite.py) gives it sessions and
-the change counter that long polls watch. The methods' contract is in
+Backend-neutral: a ``Database`` (serve_app/store/sqlite.py, postgres.py) gives it
+sessions, the change counter that long polls watch, and the caps' lock. The methods' contract is in
 serve_app/store/interface.py.
 """
 
@@ -43,7 +43,8 @@ class Database(Protocol):
         ...
 
     keeps_audio: bool
-    """Spooled audio goes into the database (the job_audio table), not a local file."""
+    """A copy of each job's spooled audio is kept in the job_audio table (gateways on other
+    nodes read it), beside the local file."""
 
 
 def _unfinished() -> Any:
@@ -89,17 +90,21 @@ class SqlJobStore:
             options_json=json.dumps(options),
             callback_url=callback_url,
         )
+        # Read, and sent to the database, before the caps' lock is taken: other
+        # submits wait for this one's count and insert, not for its upload's bytes.
+        audio = Path(audio_path).read_bytes() if self._db.keeps_audio else None
         try:
             with self._db.session(write=True) as s:
                 previous = self._by_key(s, owner, idempotency_key)
                 if previous is not None:
                     return self._replay(previous, audio_sha256)
+                if audio is not None:
+                    s.add(JobAudio(job_id=job_id, data=audio))
+                    s.flush()
                 self._db.serialize_quota(s)
                 if self._count_active(s) >= max_active:
                     raise QueueFull
                 self._check_owner(s, job, max_owner_jobs, max_owner_audio_s)
-                if self._db.keeps_audio:
-                    s.add(JobAudio(job_id=job_id, data=Path(audio_path).read_bytes()))
                 s.add(job)
         except IntegrityError:
             # Another gateway inserted the same key between our read and write.

@@ -200,7 +200,7 @@ def test_queue_full_is_refused_without_a_row(store: JobStore) -> None:
     add(store, "b", max_active=2)
     with pytest.raises(QueueFull):
         add(store, "c", max_active=2)
-    assert store.get("c") is None
+    assert store.get("c") is None and store.audio("c") is None  # its audio row went too
     job = store.claim(lease_s=60)
     assert job is not None
     store.finish(job.id, attempt=job.attempts, result={})
