@@ -151,6 +151,11 @@ def attack(name: str, port: int, url: str, root: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attacks.json")
+    parser.add_argument(
+        "--only-fairness",
+        action="store_true",
+        help="run the fairness part alone and replace it in --out (the attacks' results stay)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="attacks-"))
     port = free_port()
@@ -178,10 +183,16 @@ def main() -> None:
         f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
         "paths": {},
     }
+    if args.only_fairness and args.out.exists():
+        results = json.loads(args.out.read_text())
     try:
         for path, target_port, url in (
-            ("ray_proxy", port, server.url),
-            ("nginx", front.port, front.url),
+            ()
+            if args.only_fairness
+            else (
+                ("ray_proxy", port, server.url),
+                ("nginx", front.port, front.url),
+            )
         ):
             results["paths"][path] = {
                 name: attack(name, target_port, url, root)
@@ -189,6 +200,7 @@ def main() -> None:
             }
             time.sleep(2)
         results["fairness"] = fairness(server.url, root)
+        results["fairness"]["date"] = time.strftime("%Y-%m-%d")
     finally:
         front.stop()
         server.stop()

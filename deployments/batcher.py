@@ -15,7 +15,12 @@ a CPU it has two workers, so a second batch may decode beside the first):
 2. take the windows of different owners (API keys) in turn: one window of
    each owner that has any queued, then again, in arrival order within an
    owner; a key with a long file queued does not hold back another key's
-   short job (issue 11: a 7,000 s file delayed another key's 2 s clip to 123 s);
+   short job (issue 11: a 7,000 s file delayed another key's 2 s clip to 123 s).
+   With several workers, owners with nothing decoding come first (the batch
+   holds only theirs), and one worker stays quick: while every other worker
+   decodes a batch of several windows, the last one takes a single window of
+   the owners already decoding, so a newcomer never waits for a full batch
+   to end (on a CPU a batch lasts as long as its windows together);
 3. while more chunks are on their way, hold back a packed window that is less
    than half full: its chunks go first into the next batch, with the newcomers
    (each chunk is held back at most once, so none waits long).
@@ -62,6 +67,14 @@ class _Pending:
     """Set when the first of its job's chunks goes into a batch."""
 
 
+@dataclass(frozen=True)
+class _InFlight:
+    """A batch being decoded: whose windows, and how many."""
+
+    owners: frozenset[str]
+    windows: int
+
+
 @dataclass
 class BatchStats:
     """What one batch was (for logs and metrics)."""
@@ -96,7 +109,7 @@ class ChunkBatcher:
         self._queue: list[_Pending] = []
         self._arrived = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
-        self._decoding: set[asyncio.Task[None]] = set()
+        self._decoding: dict[asyncio.Task[None], _InFlight] = {}
 
     def enqueue(
         self, chunks: list[Chunk], started: asyncio.Event | None = None
@@ -123,15 +136,15 @@ class ChunkBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             await self._fill()
-            batch = self._take()
+            batch, in_flight = self._take()
             if not batch:
                 continue
             task = asyncio.create_task(self._decode(batch))
-            self._decoding.add(task)
+            self._decoding[task] = in_flight
             task.add_done_callback(self._decoded)
 
     def _decoded(self, task: asyncio.Task[None]) -> None:
-        self._decoding.discard(task)
+        self._decoding.pop(task, None)
         self._arrived.set()  # a worker is free: the loop looks again
 
     async def _decode(self, batch: list[_Pending]) -> None:
@@ -163,14 +176,21 @@ class ChunkBatcher:
         live = [p for p in self._queue if not p.future.done()]  # callers gone
         return live, plan_windows([p.chunk for p in live], self.limits.packing)
 
-    def _take(self) -> list[_Pending]:
-        """The next batch: the first ``max_batch_size`` windows of what is queued.
+    def _take(self) -> tuple[list[_Pending], _InFlight]:
+        """The next batch: up to ``max_batch_size`` windows of what is queued (``_in_turn``).
 
         While more chunks are coming, a nearly empty packed window waits for them.
         """
         limits = self.limits
         live, windows = self._plan()
-        chosen = _in_turn(windows, [p.chunk.owner for p in live], limits.max_batch_size)
+        busy = self._decoding.values()
+        chosen = _in_turn(
+            windows,
+            [p.chunk.owner for p in live],
+            limits.max_batch_size,
+            decoding=frozenset().union(*(b.owners for b in busy)),
+            quick=len(busy) == self.workers - 1 > 0 and all(b.windows > 1 for b in busy),
+        )
         held: set[int] = set()
         if self._coming() and limits.packing.enabled:
             # The last window of each packing key is the one still filling.
@@ -200,28 +220,46 @@ class ChunkBatcher:
         self._queue = [live[i] for i in sorted(held)] + [
             p for i, p in enumerate(live) if i not in taken
         ]
+        windows_taken = sum(1 for w in chosen if w.members[0] not in held)
         if batch and self._on_batch is not None:
             self._on_batch(
                 BatchStats(
                     chunks=len(batch),
-                    windows=sum(1 for w in chosen if w.members[0] not in held),
+                    windows=windows_taken,
                     audio_s=sum(p.chunk.duration for p in batch),
                     held_back=len(held),
                 )
             )
-        return batch
+        return batch, _InFlight(frozenset(p.chunk.owner for p in batch), windows_taken)
 
 
-def _in_turn(windows: list[Window], owners: list[str], size: int) -> list[Window]:
+def _in_turn(
+    windows: list[Window],
+    owners: list[str],
+    size: int,
+    decoding: frozenset[str] = frozenset(),
+    quick: bool = False,
+) -> list[Window]:
     """The next batch: windows round-robin by owner (owners in order of their first window),
     at most ``size``, and while several owners wait, at most an even share of ``size`` from
     any one: a batch lasts as long as its windows, so another key's short job is not held
-    in a batch filled with one key's long file (a smaller batch then, for a while)."""
+    in a batch filled with one key's long file (a smaller batch then, for a while).
+
+    ``decoding``: owners with a batch on another worker. While any queued owner has none,
+    the batch holds only such owners' windows. ``quick``: this batch takes the last free
+    worker while the others decode batches of several windows; of the owners decoding it
+    takes one window, so a worker frees soon for whoever comes next.
+    """
     queues: dict[str, list[Window]] = {}
     for window in windows:
         queues.setdefault(owners[window.members[0]], []).append(window)
+    idle = {owner: q for owner, q in queues.items() if owner not in decoding}
+    if idle and len(idle) < len(queues):
+        queues = idle
+    elif not idle and quick:
+        return windows[:1]
     if len(queues) == 1:
-        return windows[:size]
+        return next(iter(queues.values()))[:size]
     share = math.ceil(size / len(queues))
     out: list[Window] = []
     for turn in itertools.islice(itertools.zip_longest(*queues.values()), share):

@@ -228,3 +228,59 @@ def test_while_another_owner_waits_one_owner_fills_at_most_its_share_of_a_batch(
     asyncio.run(run())
     assert sorted(engine.batches[0]) == [2, 30, 30, 30, 30]  # b's clip and a's share (4)
     assert [len(batch) for batch in engine.batches[1:]] == [8, 8]  # a alone: full batches
+
+
+class PerWindowEngine(Engine):
+    """A CPU stand-in: a batch takes ``seconds`` per window, so its size sets its length."""
+
+    async def run(self, chunks: list[Chunk]) -> list[ChunkResult]:
+        self.batches.append([c.duration for c in chunks])
+        await asyncio.sleep(self.seconds * len(chunks))
+        return [ChunkResult() for _ in chunks]
+
+
+def test_with_two_workers_one_owners_long_file_leaves_a_worker_quick_for_another_owner() -> None:
+    """Issue 11: a 7,000 s file held both workers with batches of 8 windows (3 s each on 2
+    cores), so another key's clip waited for one to end and then shared a batch with 4 of
+    the file's windows: 9x its idle latency. One worker stays quick (one window at a time
+    while the other decodes a full batch), and the clip is decoded alone in the next free one."""
+    engine = PerWindowEngine(seconds=0.05)
+
+    async def run() -> tuple[float, float]:
+        b = ChunkBatcher(engine.run, coming=lambda: False, workers=2)
+        b.limits = BatchLimits(wait_s=0.0, max_batch_size=8)
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        long_file = b.enqueue([clip(30, owner="a") for _ in range(48)])
+        await asyncio.sleep(0.12)  # both workers are decoding the long file
+        arrived = loop.time()
+        short = b.enqueue([clip(2, owner="b")])
+        await asyncio.gather(*short)
+        clip_s = loop.time() - arrived
+        await asyncio.gather(*long_file)
+        return clip_s, loop.time() - begin
+
+    clip_s, total_s = asyncio.run(asyncio.wait_for(run(), 20))
+    assert [2] in engine.batches, engine.batches  # decoded alone
+    assert clip_s < 0.2, clip_s  # one quick window's wait and its own: 2x a window alone
+    # The long file keeps both workers: 48 windows of 0.05 s on one worker take 2.4 s.
+    assert total_s < 2.1, total_s
+    assert sum(len(batch) for batch in engine.batches) == 49
+
+
+def test_a_batch_that_takes_in_an_idle_owner_holds_only_idle_owners_windows() -> None:
+    """An owner with nothing decoding comes first: a worker that frees while one key's long
+    file decodes on the other takes the newcomer's windows only, not a share of the file's."""
+    engine = PerWindowEngine(seconds=0.05)
+
+    async def run() -> None:
+        b = ChunkBatcher(engine.run, coming=lambda: False, workers=2)
+        b.limits = BatchLimits(wait_s=0.0, max_batch_size=8)
+        futures = b.enqueue([clip(30, owner="a") for _ in range(24)])
+        await asyncio.sleep(0.01)  # a's first batch (8) decodes; a's quick one (1) too
+        futures += b.enqueue([clip(2, owner="b"), clip(3, owner="c")])
+        await asyncio.gather(*futures)
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+    assert engine.batches[:2] == [[30] * 8, [30]], engine.batches
+    assert sorted(engine.batches[2]) == [2, 3], engine.batches  # b and c, none of a's
