@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import functools
+import io
 import json
 import platform
 import random
@@ -115,7 +116,7 @@ def chunk(engine: Any, samples: np.ndarray, *, words: bool = False, packable: bo
     from deployments.interface import Chunk
 
     return Chunk(
-        samples=samples,
+        audio=samples,
         offset=0.0,
         duration=samples.size / SAMPLE_RATE,
         prompt=tokenizer_of(engine.backend).prompt(None),
@@ -156,13 +157,13 @@ def alone(engine: Any, clips: list[np.ndarray], **how: bool) -> list[dict[str, A
 def prepare() -> None:
     from faster_whisper import WhisperModel
 
-    from deployments.audio import decode, split_speech
+    from deployments.audio import cut, decode
     from deployments.engines.ctranslate2.engine import CTranslate2Whisper
     from deployments.engines.torch.engine import TorchWhisper
     from deployments.engines.torch.weights import converted, pack_int8
     from deployments.interface import EngineConfig
     from deployments.models import resolve_model
-    from tests.audio_util import real_clips
+    from tests.audio_util import real_clips, wav_bytes
 
     ct2 = Path(resolve_model("tiny.en", cache_dir=ROOT / "data" / "models"))
     shutil.rmtree(CACHE, ignore_errors=True)
@@ -172,9 +173,9 @@ def prepare() -> None:
     # The cuts as the server's VAD leaves them (each one chunk).
     speech = []
     for _name, samples in cuts:
-        _layout, pieces = split_speech(samples)
-        assert len(pieces) == 1
-        speech.append(pieces[0])
+        _layout, windows = cut(io.BytesIO(wav_bytes(samples)))
+        assert len(windows) == 1
+        speech.append(windows[0].read())
     np.savez(
         CACHE / "clips.npz",
         **{f"clip{i}": (c * 32767).astype(np.int16) for i, c in enumerate(full)},

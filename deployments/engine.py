@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments.audio import SAMPLE_RATE, AudioTooLong, decode, split_speech
+from deployments.audio import SAMPLE_RATE, AudioTooLong, SpooledWindow, cut
 from deployments.engines import registry, timing
 from deployments.engines.contract import (
     MAX_LENGTH,
@@ -129,24 +129,27 @@ class WhisperEngine:
 
     def prepare(self, audio: bytes, options: TranscribeOptions) -> PreparedAudio:
         try:
-            samples = decode(io.BytesIO(audio), max_seconds=self.max_audio_seconds)
+            layout, windows = cut(
+                io.BytesIO(audio),
+                vad_filter=options.vad_filter,
+                max_seconds=self.max_audio_seconds,
+            )
         except AudioTooLong as exc:
             raise AudioError(f"{exc} (MAX_AUDIO_SECONDS)") from exc
         except Exception as exc:  # PyAV raises many types for bad input
             raise AudioError(f"could not decode the audio: {exc}") from exc
-        layout, pieces = split_speech(samples, vad_filter=options.vad_filter)
-        language = self._language(options.language, pieces)
+        language = self._language(options.language, windows[0] if windows else None)
         if not self.multilingual and options.task == "translate":
             raise AudioError("this model is English-only and cannot translate")
         # multilingual: every chunk (<= 30 s) in the language detected in it.
         each = options.multilingual and self.multilingual and options.language is None
         languages = [
-            self._language(None, [piece]) if each and k else language
-            for k, piece in enumerate(pieces)
+            self._language(None, window) if each and k else language
+            for k, window in enumerate(windows)
         ]
         chunks = [
             Chunk(
-                samples=piece,
+                audio=window,
                 offset=offset,
                 duration=duration,
                 prompt=self._tokenizer(lang, options.task).prompt(
@@ -155,16 +158,16 @@ class WhisperEngine:
                 language=lang,
                 task=options.task,
                 beam_size=options.beam_size,
-                packable=len(pieces) == 1 and options.pack,
+                packable=len(windows) == 1 and options.pack,
                 word_timestamps=options.word_timestamps,
             )
-            for piece, lang, (offset, duration) in zip(
-                pieces, languages, layout.windows, strict=True
+            for window, lang, (offset, duration) in zip(
+                windows, languages, layout.windows, strict=True
             )
         ]
         return PreparedAudio(chunks=chunks, layout=layout, language=language, multilingual=each)
 
-    def _language(self, requested: str | None, pieces: list[np.ndarray]) -> str:
+    def _language(self, requested: str | None, window: SpooledWindow | None) -> str:
         if not self.multilingual:
             if requested not in (None, "en"):
                 raise AudioError(
@@ -175,12 +178,13 @@ class WhisperEngine:
             if requested not in self.backend.languages:
                 raise AudioError(f"unknown language code {requested!r}")
             return requested
-        if not pieces:
+        if window is None:
             return "en"
-        return self.backend.detect_language(pieces[0])[0][0]
+        return self.backend.detect_language(window.read())[0][0]
 
     def run_batch(self, chunks: Sequence[Chunk]) -> list[ChunkResult]:
         """Decode chunks of any jobs; a failure marks its own chunks only."""
+        chunks = [chunk.loaded() for chunk in chunks]  # read once, held for this batch only
         results: list[ChunkResult] = [ChunkResult() for _ in chunks]
         windows = plan_windows(chunks, self.packing)
         if len(windows) < len(chunks):
@@ -221,7 +225,7 @@ class WhisperEngine:
                 said = tokenizer.encode("".join(s.text for s in results[i].segments))
                 rest = dataclasses.replace(
                     chunk,
-                    samples=chunk.samples[int(seconds * SAMPLE_RATE) :],
+                    audio=chunk.samples[int(seconds * SAMPLE_RATE) :],
                     offset=chunk.offset + seconds,
                     duration=chunk.duration - seconds,
                     # What the chunk said so far is the previous text, as

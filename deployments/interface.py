@@ -6,12 +6,12 @@ Inside the replica only; what crosses to the gateway is deployments/protocol.py.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 import numpy as np
 
-from deployments.audio import SpeechLayout
+from deployments.audio import SpeechLayout, SpooledWindow
 from deployments.protocol import Segment, Task, TranscribeOptions
 
 GAP_S = 1.0
@@ -22,7 +22,8 @@ GAP_S = 1.0
 class Chunk:
     """At most 30 s of one job's audio (speech only, with VAD), to decode."""
 
-    samples: np.ndarray
+    audio: np.ndarray | SpooledWindow
+    """Its 16 kHz float32 samples, or where they lie in the job's spool (read when used)."""
     offset: float
     duration: float
     prompt: list[int]
@@ -36,6 +37,15 @@ class Chunk:
     packable: bool = False
     """The job's only chunk: it may share a window with other short jobs."""
     word_timestamps: bool = False
+
+    @property
+    def samples(self) -> np.ndarray:
+        """The samples (a spooled window is read anew each time: hold them only while used)."""
+        return self.audio if isinstance(self.audio, np.ndarray) else self.audio.read()
+
+    def loaded(self) -> Chunk:
+        """The chunk with its samples in memory (itself if they are)."""
+        return self if isinstance(self.audio, np.ndarray) else replace(self, audio=self.samples)
 
 
 @dataclass

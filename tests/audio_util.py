@@ -148,3 +148,23 @@ def silent_flac(seconds: float) -> bytes:
         for packet in stream.encode(None):
             out.mux(packet)
     return buf.getvalue()
+
+
+REAL_FILES = ["1088-134315-0000.wav", "2412-153948-0000.flac"]
+
+
+def real_speech(seconds: float) -> np.ndarray:
+    """Real read speech (two clips of tests/data/real, jfk) in turn with pauses, ``seconds`` long.
+
+    (Not the reverb copy: a window saying one sentence twice fails the compression test.)
+    """
+    rng = np.random.default_rng(7)
+    clips = [decode(str(DATA / "real" / n)) for n in REAL_FILES] + [decode(str(JFK))]
+    parts: list[np.ndarray] = []
+    total = 0
+    while total < seconds * SAMPLE_RATE:
+        for clip in clips:
+            pause = np.zeros(int(rng.uniform(0.3, 2.5) * SAMPLE_RATE), dtype=np.float32)
+            parts += [clip, pause]
+            total += clip.size + pause.size
+    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]

@@ -49,7 +49,7 @@ class FakeEngine:
         windows = [(30.0 * i, 30.0) for i in range(count)]
         chunks = [
             Chunk(
-                samples=np.zeros(16, dtype=np.float32),
+                audio=np.zeros(16, dtype=np.float32),
                 offset=offset,
                 duration=duration,
                 prompt=[ord(c) for c in f"{label} part {i}"],

@@ -65,11 +65,11 @@ def test_a_packed_clip_does_not_hear_its_neighbours(engine: WhisperEngine) -> No
     """A silent clip between two spoken ones gets what it gets alone, none of theirs."""
     speech = engine.prepare(JFK.read_bytes(), TranscribeOptions(vad_filter=False)).chunks[0]
     short = dataclasses.replace(
-        speech, samples=speech.samples[: 5 * SAMPLE_RATE], duration=5.0, pack_key=ONE_KEY,
+        speech, audio=speech.samples[: 5 * SAMPLE_RATE], duration=5.0, pack_key=ONE_KEY,
         packable=True,
     )  # fmt: skip
     quiet = dataclasses.replace(
-        short, samples=np.zeros(3 * SAMPLE_RATE, dtype=np.float32), duration=3.0
+        short, audio=np.zeros(3 * SAMPLE_RATE, dtype=np.float32), duration=3.0
     )
     assert len(plan_windows([short, quiet, short], engine.packing)) == 1
     results = engine.run_batch([short, quiet, short])

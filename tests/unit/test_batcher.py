@@ -13,7 +13,7 @@ from deployments.interface import Chunk, ChunkResult, Packing
 def clip(seconds: float, key: str = "owner", owner: str = "") -> Chunk:
     return Chunk(
         owner=owner,
-        samples=np.zeros(int(seconds * 16000), dtype=np.float32),
+        audio=np.zeros(int(seconds * 16000), dtype=np.float32),
         offset=0.0,
         duration=seconds,
         prompt=[1],

@@ -16,7 +16,7 @@ ONE_KEY = "one-api-key|same-options"
 def chunk(seconds: float, owner: str = ONE_KEY) -> Chunk:
     samples = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
     return Chunk(
-        samples=samples, offset=0.0, duration=seconds, prompt=[1], language="en",
+        audio=samples, offset=0.0, duration=seconds, prompt=[1], language="en",
         task="transcribe", beam_size=5, pack_key=owner, packable=True,
     )  # fmt: skip
 
