@@ -133,6 +133,10 @@ class SpooledWindow:
     spool: Spool
     regions: tuple[tuple[int, int], ...]
 
+    @property
+    def size(self) -> int:
+        return sum(stop - start for start, stop in self.regions)
+
     def read(self) -> np.ndarray:
         if len(self.regions) == 1:
             return self.spool.read(*self.regions[0])

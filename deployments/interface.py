@@ -43,6 +43,11 @@ class Chunk:
         """The samples (a spooled window is read anew each time: hold them only while used)."""
         return self.audio if isinstance(self.audio, np.ndarray) else self.audio.read()
 
+    @property
+    def size(self) -> int:
+        """How many samples (without reading a spooled window)."""
+        return self.audio.shape[0] if isinstance(self.audio, np.ndarray) else self.audio.size
+
     def loaded(self) -> Chunk:
         """The chunk with its samples in memory (itself if they are)."""
         return self if isinstance(self.audio, np.ndarray) else replace(self, audio=self.samples)

@@ -34,16 +34,24 @@ REACH_SLACK_S = 1.0
 
 @dataclass
 class Window:
-    """What one encoder slot decodes: one chunk, or several packed short ones."""
+    """What one encoder slot decodes: one chunk, or several packed short ones.
+
+    It holds its chunks, not their samples: the batcher plans windows over every
+    queued chunk, and a spooled chunk's samples are read only when decoded.
+    """
 
     members: list[int]
     starts: list[float]
-    pieces: list[np.ndarray]
+    parts: list[Chunk]
+    gaps: list[int]
+    """Silent samples before each part (the first: 0)."""
     duration: float
 
     @classmethod
     def of(cls, index: int, chunk: Chunk) -> Window:
-        return cls(members=[index], starts=[0.0], pieces=[chunk.samples], duration=chunk.duration)
+        return cls(
+            members=[index], starts=[0.0], parts=[chunk], gaps=[0], duration=chunk.duration
+        )
 
     @property
     def packed(self) -> bool:
@@ -52,8 +60,8 @@ class Window:
     def add(self, index: int, chunk: Chunk) -> None:
         # Clips start on the timestamp grid: a prompt can start decoding exactly there.
         start = math.ceil(round((self.duration + GAP_S) / TIME_PRECISION, 6)) * TIME_PRECISION
-        gap = round((start - self.duration) * SAMPLE_RATE)
-        self.pieces += [np.zeros(gap, dtype=np.float32), chunk.samples]
+        self.gaps.append(round((start - self.duration) * SAMPLE_RATE))
+        self.parts.append(chunk)
         self.members.append(index)
         self.starts.append(start)
         self.duration = start + chunk.duration
@@ -64,11 +72,16 @@ class Window:
         if not self.packed:
             return None
         starts = [round(s * SAMPLE_RATE) for s in self.starts]
-        return [(a, a + p.shape[0]) for a, p in zip(starts, self.pieces[::2], strict=True)]
+        return [(a, a + c.size) for a, c in zip(starts, self.parts, strict=True)]
 
     @property
     def samples(self) -> np.ndarray:
-        return self.pieces[0] if len(self.pieces) == 1 else np.concatenate(self.pieces)
+        if len(self.parts) == 1:
+            return self.parts[0].samples
+        pieces: list[np.ndarray] = []
+        for gap, chunk in zip(self.gaps, self.parts, strict=True):
+            pieces += [np.zeros(gap, dtype=np.float32), chunk.samples]
+        return np.concatenate(pieces)
 
 
 def plan_windows(chunks: Sequence[Chunk], packing: Packing) -> list[Window]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
+from deployments.audio import Spool, SpooledWindow
 from deployments.batcher import BatchLimits, BatchStats, ChunkBatcher
 from deployments.interface import Chunk, ChunkResult, Packing
 
@@ -284,3 +287,38 @@ def test_a_batch_that_takes_in_an_idle_owner_holds_only_idle_owners_windows() ->
     asyncio.run(asyncio.wait_for(run(), 10))
     assert engine.batches[:2] == [[30] * 8, [30]], engine.batches
     assert sorted(engine.batches[2]) == [2, 3], engine.batches  # b and c, none of a's
+
+
+class CountedWindow(SpooledWindow):
+    """A spooled window that counts its reads."""
+
+    reads: ClassVar[list[int]] = []
+
+    def read(self) -> np.ndarray:
+        self.reads.append(1)
+        return super().read()
+
+
+def test_planning_batches_reads_no_spooled_samples() -> None:
+    """The batcher plans windows over every queued chunk each time it looks: a long file's
+    spooled windows (deployments/audio.py) must not be read then, only when decoded (a 7,000 s
+    file's 234 windows were read from its spool at every look: the long file took 84 s, not
+    55, and another key's clip 3.2x its idle latency)."""
+    spool = Spool()
+    spool.append(np.zeros(30 * 16000 * 40, dtype=np.int16))
+    engine = Engine(seconds=0.01)
+
+    def spooled(k: int) -> Chunk:
+        step = 30 * 16000
+        return dataclasses.replace(
+            clip(30, owner="a"), audio=CountedWindow(spool, ((k * step, (k + 1) * step),))
+        )
+
+    async def run() -> None:
+        b = ChunkBatcher(engine.run, coming=lambda: False, workers=2)
+        b.limits = BatchLimits(wait_s=0.0, max_batch_size=4)
+        await asyncio.gather(*b.enqueue([spooled(k) for k in range(40)]))
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+    assert sum(len(batch) for batch in engine.batches) == 40
+    assert CountedWindow.reads == []  # the stand-in engine reads none; the planning neither
