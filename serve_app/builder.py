@@ -28,6 +28,14 @@ class AppArgs(BaseModel):
         default="auto", description="GPUs per Whisper replica; auto: 1 when the device is cuda"
     )
     num_cpus: float = Field(default=0.5, ge=0, description="Ray CPUs per Whisper replica")
+    transcriber_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources per Whisper replica (which nodes take them)",
+    )
+    gateway_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources per gateway replica (which nodes take them)",
+    )
 
 
 def _cluster_has_gpu() -> bool:
@@ -80,6 +88,18 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         gpus,
     )
     transcriber = TranscriberDeployment.options(
-        ray_actor_options={"num_cpus": app_args.num_cpus, "num_gpus": gpus}
+        ray_actor_options={
+            "num_cpus": app_args.num_cpus,
+            "num_gpus": gpus,
+            "resources": app_args.transcriber_resources,
+        }
     ).bind(engine)
-    return Gateway.bind(settings, transcriber)  # type: ignore[attr-defined]
+    gateway = Gateway
+    if app_args.gateway_resources:
+        gateway = Gateway.options(
+            ray_actor_options={
+                **Gateway.ray_actor_options,
+                "resources": app_args.gateway_resources,
+            }
+        )
+    return gateway.bind(settings, transcriber)  # type: ignore[attr-defined]
