@@ -49,9 +49,7 @@ class Window:
 
     @classmethod
     def of(cls, index: int, chunk: Chunk) -> Window:
-        return cls(
-            members=[index], starts=[0.0], parts=[chunk], gaps=[0], duration=chunk.duration
-        )
+        return cls(members=[index], starts=[0.0], parts=[chunk], gaps=[0], duration=chunk.duration)
 
     @property
     def packed(self) -> bool:

@@ -94,12 +94,12 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
             "resources": app_args.transcriber_resources,
         }
     ).bind(engine)
-    gateway = Gateway
+    gateway: Any = Gateway  # a serve.Deployment (the decorator's type is not the class's)
     if app_args.gateway_resources:
-        gateway = Gateway.options(
+        gateway = gateway.options(
             ray_actor_options={
-                **Gateway.ray_actor_options,
+                **gateway.ray_actor_options,
                 "resources": app_args.gateway_resources,
             }
         )
-    return gateway.bind(settings, transcriber)  # type: ignore[attr-defined]
+    return gateway.bind(settings, transcriber)

@@ -6,12 +6,16 @@ every accepted job ends done, with its own words, each on one attempt that wrote
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -208,3 +212,152 @@ def test_jobs_through_every_nodes_proxy_all_end_done_when_a_gateway_node_is_lost
     # The lost node's gateway held some of the jobs: they were taken again, once.
     assert any(attempts == 2 for _, _, attempts in rows), rows
     assert all(attempts <= 2 for _, _, attempts in rows), rows
+
+
+class RayStart:
+    """`ray start --block` (a node, as an operator starts one), in a process group of its own:
+    `ray stop` would stop every Ray node on the machine, another server's too."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "start", "--block", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.log.read_text())
+            if found:
+                return found
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            time.sleep(0.5)
+        raise AssertionError(self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its raylet and workers, if left
+        self.proc.wait(timeout=30)
+
+
+def test_serve_deploy_to_a_cluster_started_with_ray_start_as_operations_md_says(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """docs/operations.md, "A Ray cluster": `ray start --head`, `ray start --address` on
+    a second node, `serve deploy configs/cluster.yaml` (Ray 2.60's token auth on), the
+    README's curl, `serve status`; then the nodes are stopped."""
+    temp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # Ray's sockets: short paths
+    port, gcs, dashboard = free_port(), free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
+        "PYTHONPATH": str(ROOT),
+        "WHISPER_API_KEY": KEY,
+        "DATABASE_URL": postgres.database(),
+        "DATA_DIR": str(tmp_path / "data"),
+        "WHISPER_CPU_THREADS": "2",
+        # Not RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (scripts/serve's loopback-only box): it
+        # makes a single-node Ray that refuses a second node.
+        # Ray 2.60's token auth: the head makes ~/.ray/auth_token, the others send it.
+        "RAY_AUTH_MODE": "token",
+    }
+    common = ["--temp-dir", str(temp), "--num-cpus", "1", "--disable-usage-stats"]
+    head = RayStart(
+        [
+            "--head",
+            "--port",
+            str(gcs),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard),
+            "--resources",
+            '{"transcriber": 2, "gateway": 1}',
+            *common,
+        ],
+        env,
+        tmp_path / "head.log",
+    )
+    nodes = [head]
+    try:
+        address = head.wait_for(r"ray start --address='([^']+)'").group(1)
+        worker = RayStart(
+            ["--address", address, "--resources", '{"gateway": 1}', *common],
+            env,
+            tmp_path / "worker.log",
+        )
+        nodes.append(worker)
+        worker.wait_for("Ray runtime started")
+        config = config_on_port(tmp_path, port, config=ROOT / "configs" / "cluster.yaml")
+        cli = RayCluster(
+            proc=head.proc,  # type: ignore[arg-type]
+            info={"dashboard": f"http://127.0.0.1:{dashboard}"},
+            env=env,
+            url=f"http://127.0.0.1:{port}",
+        )
+        cli.serve("deploy", str(config))
+        deadline = time.monotonic() + 240
+        while (status := app_status(cli)) != "RUNNING":
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+        # The README's curl, then a long poll for its end.
+        sent = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-X",
+                "POST",
+                "-H",
+                f"Authorization: Bearer {KEY}",
+                "-F",
+                f"file=@{JFK}",
+                f"{cli.url}/transcribe",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        job_id = json.loads(sent.stdout)["job_id"]
+        got = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-H",
+                f"Authorization: Bearer {KEY}",
+                f"{cli.url}/transcribe/{job_id}?wait=60",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=90,
+        )
+        body = json.loads(got.stdout)
+        assert body["status"] == "done", body
+        assert "ask not what your country can do for you" in words(body["text"])
+        deployments = yaml.safe_load(cli.serve("status"))["applications"]["whisper"]["deployments"]
+        assert {d: v["status"] for d, v in deployments.items()} == {
+            "Gateway": "HEALTHY",
+            "Transcriber": "HEALTHY",
+        }
+        # Without the token, the cluster refuses the CLI.
+        refused = subprocess.run(
+            [SERVE, "status", "--address", cli.info["dashboard"]],
+            env={**env, "RAY_AUTH_MODE": "disabled"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode != 0 or "RUNNING" not in refused.stdout
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        shutil.rmtree(temp, ignore_errors=True)

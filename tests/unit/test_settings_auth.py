@@ -89,3 +89,21 @@ def test_bad_headers_are_401(header: str | None) -> None:
 @pytest.mark.parametrize("header", ["Bearer k1", "bearer k2", "Bearer  k1 "])
 def test_good_headers_pass(header: str) -> None:
     check_bearer(header, ["k1", "k2"])
+
+
+def test_the_builder_places_replicas_by_custom_resources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/cluster.yaml: gateways on the nodes holding ``gateway``, Whisper replicas on
+    those holding ``transcriber``; serve_config.yaml asks for none."""
+    from serve_app.builder import build_app
+
+    monkeypatch.setenv("WHISPER_API_KEY", "k1")
+    app = build_app({"gateway_resources": {"gateway": 1}, "transcriber_resources": {"t": 2}})
+    gateway = app._bound_deployment
+    transcriber = gateway.init_args[1]._bound_deployment
+    assert gateway.ray_actor_options == {"num_cpus": 0.25, "resources": {"gateway": 1.0}}
+    assert transcriber.ray_actor_options["resources"] == {"t": 2.0}
+    default = build_app({})._bound_deployment
+    assert "resources" not in default.ray_actor_options
+    assert default.init_args[1]._bound_deployment.ray_actor_options["resources"] == {}
+    with pytest.raises(ValueError, match="gateway_resource"):
+        build_app({"gateway_resource": {"gateway": 1}})  # a misspelt arg is refused
