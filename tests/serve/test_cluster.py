@@ -1,8 +1,12 @@
-"""Beyond one machine (issue 13): a Ray cluster of three nodes on this machine
-(tests/serve/cluster.py: a head node for the Transcriber, two gateway nodes), the jobs in the
-session's real PostgreSQL, the app deployed with `serve deploy configs/cluster.yaml` (a proxy on
-every node). Jobs go in through the nodes' proxies; a gateway node is removed while they run;
-every accepted job ends done, with its own words, each on one attempt that wrote its end."""
+"""Beyond one machine (issue 13): docs/operations.md's "A Ray cluster" walk-through, run as
+written on this machine with three nodes: `ray start --head` (the Transcriber's node), two
+`ray start --address` gateway nodes (Ray 2.60's token auth on), the jobs in the session's real
+PostgreSQL, `serve deploy configs/cluster.yaml` (a proxy on every node), the README's curl,
+`serve status`. Then jobs go in through the nodes' proxies and a gateway node is lost while
+they run: every accepted job ends done, with its own words, taken again at most once.
+
+Each node is a `ray start --block` in a process group of its own, stopped by signal: `ray stop`
+would stop every Ray on the machine, another server's too."""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -18,7 +21,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,104 +35,137 @@ from tests.serve.launcher import ROOT, config_on_port, free_port
 
 pytestmark = pytest.mark.serve
 
-SERVE = str(Path(sys.executable).parent / "serve")
+BIN = Path(sys.executable).parent
 
 
-@dataclass
-class RayCluster:
-    proc: subprocess.Popen[str]
-    info: dict[str, Any]
-    env: dict[str, str]
-    url: str
+class RayNode:
+    """`ray start --block ARGS`, as an operator starts a node, in a process group of its own."""
 
-    def command(self, line: str, timeout: float = 120) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        return read_json(self.proc, timeout)
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--block", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
-    def serve(self, *args: str, timeout: float = 120) -> str:
-        out = subprocess.run(
-            [SERVE, *args, "--address", self.info["dashboard"]],
-            env=self.env,
+    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.log.read_text())
+            if found:
+                return found
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            time.sleep(0.5)
+        raise AssertionError(self.log.read_text()[-3000:])
+
+    def kill(self) -> None:
+        """The node's every process at once, as when its machine is lost."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+class Cluster:
+    """Three nodes, the app deployed on them; ``serve(...)`` runs the serve CLI against it."""
+
+    def __init__(self, workdir: Path, database: str) -> None:
+        self.temp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # Ray's sockets: short
+        self.port, gcs, dashboard = free_port(), free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{dashboard}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
+            "PYTHONPATH": str(ROOT),
+            # The app is built on the head node, from its environment.
+            "WHISPER_API_KEY": KEY,
+            "DATABASE_URL": database,
+            "DATA_DIR": str(workdir / "data"),
+            "WHISPER_CPU_THREADS": "2",
+            # A job whose gateway is gone is taken again after its lease (default 20 s).
+            "LEASE_SECONDS": "5",
+            # Token auth: the head makes ~/.ray/auth_token (or reuses it), the others send it.
+            "RAY_AUTH_MODE": "token",
+            # Not RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (scripts/serve's loopback-only box): it
+            # makes a single-node Ray that refuses a second node.
+        }
+        self.workdir = workdir
+        common = ["--temp-dir", str(self.temp), "--num-cpus", "1", "--disable-usage-stats"]
+        self.nodes: list[RayNode] = []
+        try:
+            head = self._start(
+                "head",
+                "--head",
+                *("--port", str(gcs), "--dashboard-host", "127.0.0.1"),
+                *("--dashboard-port", str(dashboard), "--resources", '{"transcriber": 2}'),
+                *common,
+            )
+            address = head.wait_for(r"ray start --address='([^']+)'").group(1)
+            for n in range(2):  # one after the other: two starting at once race on one IP
+                gateway = self._start(
+                    f"gateway-{n}", "--address", address, "--resources", '{"gateway": 1}', *common
+                )
+                gateway.wait_for("Ray runtime started")
+            config = config_on_port(workdir, self.port, config=ROOT / "configs" / "cluster.yaml")
+            deployed = self.serve("deploy", str(config))
+            assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+            deadline = time.monotonic() + 240
+            while (status := self.app_status()) != "RUNNING":
+                assert time.monotonic() < deadline, status
+                time.sleep(2)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, name: str, *args: str) -> RayNode:
+        node = RayNode(list(args), self.env, self.workdir / f"ray-{name}.log")
+        self.nodes.append(node)
+        return node
+
+    def serve(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "serve"), *args, "--address", self.dashboard],
+            env=env or self.env,
             cwd=ROOT,
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=120,
         )
+
+    def app_status(self) -> str:
+        """The app's status in `serve status` (DEPLOYING, RUNNING...)."""
+        out = self.serve("status")
         assert out.returncode == 0, out.stdout + out.stderr
-        return out.stdout
+        apps = yaml.safe_load(out.stdout).get("applications") or {}
+        return str(apps.get("whisper", {}).get("status", "NOT_STARTED"))
 
-
-def read_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    """The next JSON line the cluster's process prints (Ray's own lines skipped)."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1)
-        if not ready:
-            assert proc.poll() is None, "the cluster's process exited"
-            continue
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"the cluster's process exited ({proc.wait()})")
-        if line.startswith("{"):
-            return dict(json.loads(line))
-    raise TimeoutError("the cluster's process said nothing")
+    def stop(self) -> None:
+        """SIGTERM to every node (as `ray stop` sends), then SIGKILL what is left after 10 s."""
+        for node in self.nodes:
+            if node.proc.poll() is None:
+                os.killpg(node.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for node in self.nodes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            node.kill()  # what SIGTERM left: its raylet and workers
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, postgres: PostgresServer) -> Iterator[RayCluster]:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
-        "PYTHONPATH": str(ROOT),
-        "WHISPER_API_KEY": KEY,
-        "DATABASE_URL": postgres.database(),
-        "DATA_DIR": str(tmp_path / "data"),
-        "WHISPER_CPU_THREADS": "2",
-        # A job whose gateway is gone is taken again after its lease (default 20 s).
-        "LEASE_SECONDS": "5",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.serve.cluster"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=(tmp_path / "cluster.log").open("w"),
-        text=True,
-        start_new_session=True,
-    )
+def cluster(tmp_path: Path, postgres: PostgresServer) -> Iterator[Cluster]:
+    started = None
     try:
-        info = read_json(proc, 180)
-        ray_cluster = RayCluster(proc, info, env, f"http://127.0.0.1:{port}")
-        config = config_on_port(tmp_path, port, config=ROOT / "configs" / "cluster.yaml")
-        ray_cluster.serve("deploy", str(config))
-        deadline = time.monotonic() + 240
-        while (status := app_status(ray_cluster)) != "RUNNING":
-            assert time.monotonic() < deadline, status
-            time.sleep(2)
-        yield ray_cluster
+        begin = time.monotonic()
+        started = Cluster(tmp_path, postgres.database())
+        print(f"three nodes up and the app RUNNING in {time.monotonic() - begin:.0f} s")
+        yield started
     finally:
-        try:
-            if proc.poll() is None and proc.stdin is not None:
-                proc.stdin.write("stop\n")
-                proc.stdin.flush()
-                proc.wait(timeout=90)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-
-
-def app_status(cluster: RayCluster) -> str:
-    """The app's status in `serve status` (DEPLOYING, RUNNING...)."""
-    apps = yaml.safe_load(cluster.serve("status")).get("applications") or {}
-    return str(apps.get("whisper", {}).get("status", "NOT_STARTED"))
+        if started is not None:
+            started.stop()
 
 
 def jobs_in(url: str) -> list[tuple[str, str, int]]:
@@ -159,9 +194,46 @@ def retrying(lost: list[str], send: Callable[[], httpx.Response]) -> dict[str, A
         time.sleep(1)
 
 
-def test_jobs_through_every_nodes_proxy_all_end_done_when_a_gateway_node_is_lost(
-    cluster: RayCluster,
-) -> None:
+def test_the_walk_through_then_a_gateway_node_lost_mid_work(cluster: Cluster) -> None:
+    # The README's curl, then a long poll for its end.
+    begin = time.monotonic()
+    auth = f"Authorization: Bearer {KEY}"
+    sent = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            auth,
+            "-F",
+            f"file=@{JFK}",
+            f"{cluster.url}/transcribe",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    first = json.loads(sent.stdout)["job_id"]
+    got = subprocess.run(
+        ["curl", "-sS", "-H", auth, f"{cluster.url}/transcribe/{first}?wait=60"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=90,
+    )
+    body = json.loads(got.stdout)
+    assert body["status"] == "done", body
+    assert "ask not what your country can do for you" in words(body["text"])
+    status = yaml.safe_load(cluster.serve("status").stdout)["applications"]["whisper"]
+    assert {d: v["status"] for d, v in status["deployments"].items()} == {
+        "Gateway": "HEALTHY",
+        "Transcriber": "HEALTHY",
+    }
+    refused = cluster.serve("status", env={**cluster.env, "RAY_AUTH_MODE": "disabled"})
+    assert refused.returncode != 0, refused.stdout  # no token, no cluster
+
     database = cluster.env["DATABASE_URL"]
     audio = long_jfk(30, 2)
     ids: list[str] = []
@@ -174,7 +246,8 @@ def test_jobs_through_every_nodes_proxy_all_end_done_when_a_gateway_node_is_lost
     while sum(status == "processing" for _, status, _ in jobs_in(database)) < 4:
         assert time.monotonic() < deadline, jobs_in(database)
         time.sleep(0.2)
-    cluster.command("remove 0")  # a gateway node and its proxy, mid-work
+    print(f"walk-through done {time.monotonic() - begin:.0f} s; killing a node")
+    cluster.nodes[1].kill()  # a gateway node, its proxy with it, mid-work
     lost: list[str] = []
     with httpx.Client(
         base_url=cluster.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
@@ -205,159 +278,10 @@ def test_jobs_through_every_nodes_proxy_all_end_done_when_a_gateway_node_is_lost
             said = words(body["text"])
             expected = 2 if job_id in ids else 1
             assert said.count("ask not what your country can do for you") == expected, said
-    print(f"requests that failed while the node was lost (then retried): {lost}")
+    print(f"all done {time.monotonic() - begin:.0f} s; failed, then retried: {lost}")
     rows = jobs_in(database)
-    assert sorted(r[0] for r in rows) == sorted(ids + late)
+    assert sorted(r[0] for r in rows) == sorted([first, *ids, *late])
     assert all(status == "done" for _, status, _ in rows)
     # The lost node's gateway held some of the jobs: they were taken again, once.
     assert any(attempts == 2 for _, _, attempts in rows), rows
     assert all(attempts <= 2 for _, _, attempts in rows), rows
-
-
-class RayStart:
-    """`ray start --block` (a node, as an operator starts one), in a process group of its own:
-    `ray stop` would stop every Ray node on the machine, another server's too."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ray"), "start", "--block", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(pattern, self.log.read_text())
-            if found:
-                return found
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            time.sleep(0.5)
-        raise AssertionError(self.log.read_text()[-3000:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its raylet and workers, if left
-        self.proc.wait(timeout=30)
-
-
-def test_serve_deploy_to_a_cluster_started_with_ray_start_as_operations_md_says(
-    tmp_path: Path, postgres: PostgresServer
-) -> None:
-    """docs/operations.md, "A Ray cluster": `ray start --head`, `ray start --address` on
-    a second node, `serve deploy configs/cluster.yaml` (Ray 2.60's token auth on), the
-    README's curl, `serve status`; then the nodes are stopped."""
-    temp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # Ray's sockets: short paths
-    port, gcs, dashboard = free_port(), free_port(), free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
-        "PYTHONPATH": str(ROOT),
-        "WHISPER_API_KEY": KEY,
-        "DATABASE_URL": postgres.database(),
-        "DATA_DIR": str(tmp_path / "data"),
-        "WHISPER_CPU_THREADS": "2",
-        # Not RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (scripts/serve's loopback-only box): it
-        # makes a single-node Ray that refuses a second node.
-        # Ray 2.60's token auth: the head makes ~/.ray/auth_token, the others send it.
-        "RAY_AUTH_MODE": "token",
-    }
-    common = ["--temp-dir", str(temp), "--num-cpus", "1", "--disable-usage-stats"]
-    head = RayStart(
-        [
-            "--head",
-            "--port",
-            str(gcs),
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(dashboard),
-            "--resources",
-            '{"transcriber": 2, "gateway": 1}',
-            *common,
-        ],
-        env,
-        tmp_path / "head.log",
-    )
-    nodes = [head]
-    try:
-        address = head.wait_for(r"ray start --address='([^']+)'").group(1)
-        worker = RayStart(
-            ["--address", address, "--resources", '{"gateway": 1}', *common],
-            env,
-            tmp_path / "worker.log",
-        )
-        nodes.append(worker)
-        worker.wait_for("Ray runtime started")
-        config = config_on_port(tmp_path, port, config=ROOT / "configs" / "cluster.yaml")
-        cli = RayCluster(
-            proc=head.proc,  # type: ignore[arg-type]
-            info={"dashboard": f"http://127.0.0.1:{dashboard}"},
-            env=env,
-            url=f"http://127.0.0.1:{port}",
-        )
-        cli.serve("deploy", str(config))
-        deadline = time.monotonic() + 240
-        while (status := app_status(cli)) != "RUNNING":
-            assert time.monotonic() < deadline, status
-            time.sleep(2)
-        # The README's curl, then a long poll for its end.
-        sent = subprocess.run(
-            [
-                "curl",
-                "-sS",
-                "-X",
-                "POST",
-                "-H",
-                f"Authorization: Bearer {KEY}",
-                "-F",
-                f"file=@{JFK}",
-                f"{cli.url}/transcribe",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        job_id = json.loads(sent.stdout)["job_id"]
-        got = subprocess.run(
-            [
-                "curl",
-                "-sS",
-                "-H",
-                f"Authorization: Bearer {KEY}",
-                f"{cli.url}/transcribe/{job_id}?wait=60",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=90,
-        )
-        body = json.loads(got.stdout)
-        assert body["status"] == "done", body
-        assert "ask not what your country can do for you" in words(body["text"])
-        deployments = yaml.safe_load(cli.serve("status"))["applications"]["whisper"]["deployments"]
-        assert {d: v["status"] for d, v in deployments.items()} == {
-            "Gateway": "HEALTHY",
-            "Transcriber": "HEALTHY",
-        }
-        # Without the token, the cluster refuses the CLI.
-        refused = subprocess.run(
-            [SERVE, "status", "--address", cli.info["dashboard"]],
-            env={**env, "RAY_AUTH_MODE": "disabled"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert refused.returncode != 0 or "RUNNING" not in refused.stdout
-    finally:
-        for node in reversed(nodes):
-            node.stop()
-        shutil.rmtree(temp, ignore_errors=True)
