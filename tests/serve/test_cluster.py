@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ import yaml
 from tests.audio_util import JFK, long_jfk, words
 from tests.postgres import PostgresServer
 from tests.serve.conftest import KEY, submit
-from tests.serve.launcher import ROOT, config_on_port, free_port
+from tests.serve.launcher import ROOT, _ancestors, config_on_port, free_port
 
 pytestmark = pytest.mark.serve
 
@@ -168,6 +169,25 @@ def cluster(tmp_path: Path, postgres: PostgresServer) -> Iterator[Cluster]:
             started.stop()
 
 
+def nodes_holding_connections(cluster: Cluster) -> dict[str, int]:
+    """Which nodes' proxies hold the open connections to the HTTP port (``ss``: the owning
+    process, then its ancestors up to one of the nodes' `ray start`)."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( sport = :{cluster.port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    names = {node.proc.pid: node.log.stem for node in cluster.nodes}
+    held: dict[str, int] = {}
+    for pid in (int(p) for p in re.findall(r"pid=(\d+)", out)):
+        for ancestor in [pid, *_ancestors(pid)]:
+            if ancestor in names:
+                held[names[ancestor]] = held.get(names[ancestor], 0) + 1
+                break
+    return held
+
+
 def jobs_in(url: str) -> list[tuple[str, str, int]]:
     import psycopg
 
@@ -192,6 +212,17 @@ def retrying(lost: list[str], send: Callable[[], httpx.Response]) -> dict[str, A
             lost.append(type(exc).__name__)
         assert time.monotonic() < deadline, lost
         time.sleep(1)
+
+
+def long_poll(url: str, job_id: str) -> None:
+    """One long poll; the node it went to may be killed meanwhile (the test polls again)."""
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.get(
+            f"{url}/transcribe/{job_id}",
+            params={"wait": 20},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=30,
+        )
 
 
 def test_the_walk_through_then_a_gateway_node_lost_mid_work(cluster: Cluster) -> None:
@@ -246,6 +277,19 @@ def test_the_walk_through_then_a_gateway_node_lost_mid_work(cluster: Cluster) ->
     while sum(status == "processing" for _, status, _ in jobs_in(database)) < 4:
         assert time.monotonic() < deadline, jobs_in(database)
         time.sleep(0.2)
+    # A long poll of each job, a connection each, held open: the nodes' proxies share them
+    # (all of them on one of the three: 3 x (1/3)^8, 1 in 2,000).
+    polls = [
+        threading.Thread(target=long_poll, args=(cluster.url, job_id), daemon=True)
+        for job_id in ids
+    ]
+    for poll in polls:
+        poll.start()
+    deadline = time.monotonic() + 10
+    while len(held := nodes_holding_connections(cluster)) < 2:
+        assert time.monotonic() < deadline, held
+        time.sleep(0.2)
+    print(f"open connections by node: {held}")
     print(f"walk-through done {time.monotonic() - begin:.0f} s; killing a node")
     cluster.nodes[1].kill()  # a gateway node, its proxy with it, mid-work
     lost: list[str] = []
