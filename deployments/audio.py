@@ -72,9 +72,10 @@ def blocks(
         yield rest
 
 
-def to_float(pcm: np.ndarray) -> np.ndarray:
-    """int16 samples as float32 in [-1, 1), as faster-whisper's decode_audio gives them."""
-    return np.multiply(pcm, np.float32(1 / 32768.0), dtype=np.float32)
+def to_float(pcm: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int16 samples as float32 in [-1, 1), as faster-whisper's decode_audio gives them
+    (into ``out`` when given)."""
+    return np.multiply(pcm, np.float32(1 / 32768.0), out=out, dtype=np.float32)
 
 
 def decode(source: BinaryIO | str, *, max_seconds: float | None = None) -> np.ndarray:
@@ -85,7 +86,7 @@ def decode(source: BinaryIO | str, *, max_seconds: float | None = None) -> np.nd
     samples = np.empty(sum(p.size for p in parts), dtype=np.float32)
     at = 0
     for part in parts:
-        np.multiply(part, np.float32(1 / 32768.0), out=samples[at : at + part.size])
+        to_float(part, out=samples[at : at + part.size])
         at += part.size
     return samples
 
