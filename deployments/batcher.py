@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import math
 import time
@@ -155,9 +156,21 @@ class ChunkBatcher:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
+        again: list[_Pending] = []
         for p, result in zip(batch, results, strict=True):
-            if not p.future.done():
+            if p.future.done():
+                continue
+            if result.again_alone:
+                # Unpacked, first in the queue; it has waited already, so the
+                # next batch starts as soon as a worker is free.
+                again.append(
+                    dataclasses.replace(p, chunk=dataclasses.replace(p.chunk, packable=False))
+                )
+            else:
                 p.future.set_result(result)
+        if again:
+            self._queue = again + self._queue
+            self._arrived.set()
 
     async def _fill(self) -> None:
         """Wait until the queue fills a batch, or the wait (from its oldest chunk) has passed."""

@@ -112,7 +112,7 @@ class WhisperEngine:
         self.max_audio_seconds = config.max_audio_seconds
         self.packing = Packing()
         self.decoded_alone = 0
-        """Packed clips decoded again alone (their words were not clear-cut)."""
+        """Packed clips decoded again alone, or handed back to be (not clear-cut)."""
         self.backend = backend if backend is not None else registry.load(config)
         self.workers = self.backend.workers
         self.multilingual = self.backend.multilingual
@@ -182,8 +182,12 @@ class WhisperEngine:
             return "en"
         return self.backend.detect_language(window.read())[0][0]
 
-    def run_batch(self, chunks: Sequence[Chunk]) -> list[ChunkResult]:
-        """Decode chunks of any jobs; a failure marks its own chunks only."""
+    def run_batch(self, chunks: Sequence[Chunk], *, alone_later: bool = False) -> list[ChunkResult]:
+        """Decode chunks of any jobs; a failure marks its own chunks only.
+
+        ``alone_later``: packed clips to decode again alone come back marked
+        ``again_alone`` rather than decoded here, after the rest of the batch.
+        """
         chunks = [chunk.loaded() for chunk in chunks]  # read once, held for this batch only
         results: list[ChunkResult] = [ChunkResult() for _ in chunks]
         windows = plan_windows(chunks, self.packing)
@@ -194,10 +198,18 @@ class WhisperEngine:
         if unsure:
             # A packed clip whose words were not clear-cut (clip_segments) is
             # decoded alone: only that decode's words are the job's.
-            logger.info("decoding %d packed chunks alone", len(unsure))
+            logger.info(
+                "%d packed chunks to decode alone (%s)",
+                len(unsure),
+                "handed back" if alone_later else "now",
+            )
             self.decoded_alone += len(unsure)
-            alone = [Window.of(i, chunks[i]) for i in unsure]
-            self._run_windows(alone, chunks, results, reached)
+            if alone_later:
+                for i in unsure:
+                    results[i] = ChunkResult(again_alone=True)
+            else:
+                alone = [Window.of(i, chunks[i]) for i in unsure]
+                self._run_windows(alone, chunks, results, reached)
         self._decode_rest(chunks, results, reached)
         return results
 

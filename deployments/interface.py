@@ -59,6 +59,9 @@ class ChunkResult:
 
     segments: list[Segment] = field(default_factory=list)
     error: str | None = None
+    again_alone: bool = False
+    """Packed, its words were not clear-cut: decode it again on its own (unpacked).
+    Only ``run_batch(..., alone_later=True)`` hands a chunk back so."""
 
 
 @dataclass
@@ -98,8 +101,13 @@ class Engine(Protocol):
         """Decode and cut one job's audio (blocking; runs in a thread)."""
         ...
 
-    def run_batch(self, chunks: Sequence[Chunk]) -> list[ChunkResult]:
-        """Decode chunks of any jobs together; one result per chunk, never raises for one."""
+    def run_batch(self, chunks: Sequence[Chunk], *, alone_later: bool = False) -> list[ChunkResult]:
+        """Decode chunks of any jobs together; one result per chunk, never raises for one.
+
+        ``alone_later``: a packed chunk that must be decoded again alone comes back
+        marked ``again_alone`` instead (the caller queues it), so that the batch's
+        other chunks need not wait for that pass.
+        """
         ...
 
     def set_packing(self, packing: Packing) -> None:

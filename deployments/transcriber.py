@@ -175,7 +175,9 @@ class Transcriber:
         return self._preparing > 0 or time.monotonic() < self._busy_until
 
     async def _decode_chunks(self, chunks: list[Chunk]) -> list[ChunkResult]:
-        return await asyncio.to_thread(self.engine.run_batch, chunks)
+        # A packed clip to decode again alone goes back to the batcher (its
+        # neighbours' results need not wait for it).
+        return await asyncio.to_thread(self.engine.run_batch, chunks, alone_later=True)
 
 
 class BatchMetrics:

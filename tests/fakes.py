@@ -63,7 +63,7 @@ class FakeEngine:
         layout = SpeechLayout(duration=30.0 * count, speech=[], windows=windows)
         return PreparedAudio(chunks=chunks, layout=layout, language="en")
 
-    def run_batch(self, chunks: Sequence[Chunk]) -> list[ChunkResult]:
+    def run_batch(self, chunks: Sequence[Chunk], *, alone_later: bool = False) -> list[ChunkResult]:
         self.batches.append(len(chunks))
         return [
             ChunkResult(
@@ -124,7 +124,9 @@ def long_job_client(chunks: int, seconds_per_batch: float) -> LocalClient:
     """Every job becomes ``chunks`` chunks, decoded one per batch, each batch that slow."""
 
     class Slow(FakeEngine):
-        def run_batch(self, batch: Sequence[Chunk]) -> list[ChunkResult]:
+        def run_batch(
+            self, batch: Sequence[Chunk], *, alone_later: bool = False
+        ) -> list[ChunkResult]:
             time.sleep(seconds_per_batch)
             return super().run_batch(batch)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import statistics
@@ -10,12 +11,16 @@ import jiwer
 import numpy as np
 import pytest
 
+from deployments.assemble import assemble
+from deployments.audio import decode
 from deployments.engine import WhisperEngine
 from deployments.engines.contract import SAMPLE_RATE
 from deployments.interface import EngineConfig, Packing
 from deployments.packing import plan_windows
-from deployments.protocol import TranscribeOptions
+from deployments.protocol import End, Finished, TranscribeOptions
+from deployments.transcriber import Transcriber
 from tests.audio_util import JFK, judge, real_clips, wav_bytes, words
+from tests.fakes import final
 from tests.unit.test_packing import ONE_KEY
 
 
@@ -79,3 +84,58 @@ def test_a_packed_clip_does_not_hear_its_neighbours(engine: WhisperEngine) -> No
     assert heard == words(" ".join(s.text for s in alone.segments))
     assert "fellow americans" in words(" ".join(s.text for s in results[0].segments))
     assert "fellow americans" in words(" ".join(s.text for s in results[2].segments))
+
+
+@pytest.mark.model
+def test_a_packed_clip_to_decode_alone_can_be_handed_back(engine: WhisperEngine) -> None:
+    """``alone_later``: the guard's clip comes back marked, undecoded; the others are whole.
+    (The server's batcher decodes it in a batch of its own: its neighbours need not wait.)"""
+    speech = engine.prepare(JFK.read_bytes(), TranscribeOptions(vad_filter=False)).chunks[0]
+    short = dataclasses.replace(
+        speech, audio=speech.samples[: 5 * SAMPLE_RATE], duration=5.0, pack_key=ONE_KEY,
+        packable=True,
+    )  # fmt: skip
+    # A steady 440 Hz tone: tiny.en's packed decode of it fails the guards.
+    tone = 0.3 * np.sin(np.arange(3 * SAMPLE_RATE) * 2 * np.pi * 440 / SAMPLE_RATE)
+    hum = dataclasses.replace(short, audio=tone.astype(np.float32), duration=3.0)
+    before = engine.decoded_alone
+    inline = engine.run_batch([short, hum, short])
+    assert engine.decoded_alone == before + 1  # decoded alone, here, after the batch
+    handed = engine.run_batch([short, hum, short], alone_later=True)
+    assert engine.decoded_alone == before + 2
+    assert [r.again_alone for r in handed] == [False, True, False]
+    assert handed[1].segments == [] and handed[1].error is None
+    assert handed[0] == inline[0] and handed[2] == inline[2]
+    assert not any(r.again_alone for r in inline)
+
+
+@pytest.mark.model
+def test_through_the_batcher_a_clip_decoded_again_alone_keeps_its_own_words() -> None:
+    """Three jobs of one key packed in one batch; the middle one (a tone) fails the
+    guards: the Transcriber answers the two spoken jobs from that batch, the tone from
+    a batch of its own, each with what it gets decoded alone."""
+    transcriber = Transcriber(EngineConfig(model="tiny.en", cpu_threads=2, cpu_nice=0))
+    transcriber.reconfigure({"pack_short_jobs": True, "batch_wait_timeout_s": 0.5})
+    engine = transcriber.engine
+    assert isinstance(engine, WhisperEngine)
+    speech = decode(str(JFK))[: 5 * SAMPLE_RATE]
+    tone = 0.3 * np.sin(np.arange(3 * SAMPLE_RATE) * 2 * np.pi * 440 / SAMPLE_RATE)
+    options = TranscribeOptions(vad_filter=False)
+    jobs = [wav_bytes(speech), wav_bytes(tone.astype(np.float32)), wav_bytes(speech)]
+    alone = [
+        assemble(p, engine.run_batch([dataclasses.replace(c, packable=False) for c in p.chunks]))
+        for p in (engine.prepare(job, options) for job in jobs)
+    ]
+
+    async def run() -> list[End]:
+        return await asyncio.gather(
+            *(final(transcriber.transcribe(job, options, owner="a")) for job in jobs)
+        )
+
+    before = engine.decoded_alone
+    ends = asyncio.run(run())
+    assert engine.decoded_alone == before + 1
+    assert all(isinstance(end, Finished) for end in ends), ends
+    texts = [words(end.transcript.text) for end in ends if isinstance(end, Finished)]
+    assert "fellow americans" in texts[0] and "fellow americans" in texts[2], texts
+    assert texts[1] == words(alone[1].text), (texts[1], alone[1].text)

@@ -322,3 +322,35 @@ def test_planning_batches_reads_no_spooled_samples() -> None:
     asyncio.run(asyncio.wait_for(run(), 10))
     assert sum(len(batch) for batch in engine.batches) == 40
     assert CountedWindow.reads == []  # the stand-in engine reads none; the planning neither
+
+
+def test_a_packed_clip_to_decode_again_alone_does_not_hold_back_its_batch() -> None:
+    """The engine hands back a packed clip whose words were not clear-cut (again_alone):
+    the batch's other clips are answered at once, and the clip alone in the next batch,
+    unpacked, on the same future."""
+
+    class Guarding(Engine):
+        async def run(self, chunks: list[Chunk]) -> list[ChunkResult]:
+            await super().run(chunks)
+            self.packable = [c.packable for c in chunks]
+            return [ChunkResult(again_alone=c.packable and c.duration == 3.0) for c in chunks]
+
+    engine = Guarding(seconds=0.3)
+
+    async def run() -> tuple[list[float], float]:
+        b = batcher(engine, [False], wait_s=0.0)
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        futures = b.enqueue([clip(2.0)]) + b.enqueue([clip(3.0)]) + b.enqueue([clip(4.0)])
+        ends: list[float] = [0.0] * 3
+        for k, future in enumerate(futures):
+            future.add_done_callback(lambda _f, k=k: ends.__setitem__(k, loop.time() - begin))
+        results = await asyncio.gather(*futures)
+        assert not any(r.again_alone for r in results)
+        return ends, loop.time() - begin
+
+    ends, _ = asyncio.run(run())
+    assert engine.batches == [[2.0, 3.0, 4.0], [3.0]]
+    assert engine.packable == [False]  # the second time, alone
+    assert ends[0] < 0.45 and ends[2] < 0.45, ends  # answered with the first batch
+    assert ends[1] >= 0.6, ends
