@@ -5,6 +5,7 @@ Inside the replica only; what crosses to the gateway is deployments/protocol.py.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
@@ -132,3 +133,8 @@ class EngineConfig:
     cache_dir: str = "data/models"
     max_audio_seconds: float | None = None
     cpu_nice: int = 10
+
+    @property
+    def threads(self) -> int:
+        """Threads for decoding on a CPU: ``cpu_threads``, or every core when it is 0."""
+        return self.cpu_threads or os.cpu_count() or 1

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -277,3 +280,33 @@ def test_a_file_cut_in_blocks_reads_like_the_whole_file_and_like_faster_whisper(
     # Measured: 0.003 and 0.003 (one word at a block's edge).
     assert jiwer.wer(whole, in_blocks) < 0.03, (whole, in_blocks)
     assert jiwer.wer(plain, in_blocks) < 0.05, (plain, in_blocks)
+
+
+OPENMP_THREADS = """
+import ctypes, glob, os, threading
+from deployments.engines import registry
+from deployments.interface import EngineConfig
+registry.load(EngineConfig(model="tiny.en", cpu_threads=2))
+import ctranslate2
+libs = os.path.join(os.path.dirname(ctranslate2.__file__), "..", "ctranslate2.libs")
+omp = ctypes.CDLL(glob.glob(os.path.join(libs, "libgomp-*"))[0])
+# What a thread of its own sees (CTranslate2's workers): the loading thread's count
+# is set by CTranslate2 itself.
+seen = []
+worker = threading.Thread(target=lambda: seen.append(omp.omp_get_max_threads()))
+worker.start()
+worker.join()
+print(seen[0])
+"""
+
+
+def test_the_engine_gets_its_threads_where_ray_set_openmp_to_one() -> None:
+    """Ray starts a replica with OMP_NUM_THREADS=1 (num_cpus < 2). CTranslate2's OpenMP
+    runtime reads it once, when it loads, and then decoded slower despite intra_threads
+    (one clip's temperature fallback: 5.8-6.1 s against 3.5 s, 2 cores)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", OPENMP_THREADS],
+        env=env, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert out.stdout.split()[-1] == "2", out.stdout + out.stderr

@@ -3,7 +3,6 @@ CTranslate2's ``Whisper`` encodes, generates (one prompt per window) and aligns.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -50,8 +49,9 @@ class CTranslate2Whisper:
         if compute_type == "auto":
             compute_type = "float16" if config.device == "cuda" else "int8"
         # Ray sets OMP_NUM_THREADS=1 in workers, and CTranslate2 reads it when
-        # cpu_threads is 0: pass the count ourselves or decoding uses one core.
-        threads = config.cpu_threads or os.cpu_count() or 1
+        # cpu_threads is 0: pass the count ourselves or decoding uses one core
+        # (and see registry.load, which sets OMP_NUM_THREADS before the import).
+        threads = config.threads
         # On a CPU one batch keeps about 1.6 of 2 cores busy; two batches at
         # once (one model copy each) decode 22 + 10 clips in 3.8 s, against
         # 5.1 s one after the other and 4.1 s as one batch of 32.
