@@ -303,7 +303,7 @@ print(seen[0])
 def test_the_engine_gets_its_threads_where_ray_set_openmp_to_one() -> None:
     """Ray starts a replica with OMP_NUM_THREADS=1 (num_cpus < 2). CTranslate2's OpenMP
     runtime reads it once, when it loads, and then decoded slower despite intra_threads
-    (one clip's temperature fallback: 5.8-6.1 s against 3.5 s, 2 cores)."""
+    (one clip's temperature fallback: 5.1 s against 4.3-4.6 s, 2 cores, the same hour)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-c", OPENMP_THREADS],
