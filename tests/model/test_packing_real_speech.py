@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from deployments.assemble import assemble
-from deployments.audio import decode
 from deployments.engine import WhisperEngine
 from deployments.engines.contract import SAMPLE_RATE
-from deployments.interface import EngineConfig, Packing
+from deployments.interface import Chunk, EngineConfig, Packing
 from deployments.packing import plan_windows
 from deployments.protocol import End, Finished, TranscribeOptions
 from deployments.transcriber import Transcriber
@@ -29,6 +28,21 @@ def engine() -> WhisperEngine:
     engine = WhisperEngine(EngineConfig(model="tiny.en", cpu_threads=2))
     engine.set_packing(Packing(enabled=True))  # off by default
     return engine
+
+
+def spoken_5s(engine: WhisperEngine) -> Chunk:
+    """jfk's first 5 s as one packable chunk of ONE_KEY ("And so my fellow Americans...")."""
+    speech = engine.prepare(JFK.read_bytes(), TranscribeOptions(vad_filter=False)).chunks[0]
+    return dataclasses.replace(
+        speech, audio=speech.samples[: 5 * SAMPLE_RATE], duration=5.0, pack_key=ONE_KEY,
+        packable=True,
+    )  # fmt: skip
+
+
+def hum_3s() -> np.ndarray:
+    """A steady 440 Hz tone, 3 s: tiny.en's packed decode of it fails the guards."""
+    tone = 0.3 * np.sin(np.arange(3 * SAMPLE_RATE) * 2 * np.pi * 440 / SAMPLE_RATE)
+    return tone.astype(np.float32)
 
 
 @pytest.mark.model
@@ -68,11 +82,7 @@ def test_packed_real_clips_keep_their_own_words(engine: WhisperEngine) -> None:
 @pytest.mark.model
 def test_a_packed_clip_does_not_hear_its_neighbours(engine: WhisperEngine) -> None:
     """A silent clip between two spoken ones gets what it gets alone, none of theirs."""
-    speech = engine.prepare(JFK.read_bytes(), TranscribeOptions(vad_filter=False)).chunks[0]
-    short = dataclasses.replace(
-        speech, audio=speech.samples[: 5 * SAMPLE_RATE], duration=5.0, pack_key=ONE_KEY,
-        packable=True,
-    )  # fmt: skip
+    short = spoken_5s(engine)
     quiet = dataclasses.replace(
         short, audio=np.zeros(3 * SAMPLE_RATE, dtype=np.float32), duration=3.0
     )
@@ -90,14 +100,8 @@ def test_a_packed_clip_does_not_hear_its_neighbours(engine: WhisperEngine) -> No
 def test_a_packed_clip_to_decode_alone_can_be_handed_back(engine: WhisperEngine) -> None:
     """``alone_later``: the guard's clip comes back marked, undecoded; the others are whole.
     (The server's batcher decodes it in a batch of its own: its neighbours need not wait.)"""
-    speech = engine.prepare(JFK.read_bytes(), TranscribeOptions(vad_filter=False)).chunks[0]
-    short = dataclasses.replace(
-        speech, audio=speech.samples[: 5 * SAMPLE_RATE], duration=5.0, pack_key=ONE_KEY,
-        packable=True,
-    )  # fmt: skip
-    # A steady 440 Hz tone: tiny.en's packed decode of it fails the guards.
-    tone = 0.3 * np.sin(np.arange(3 * SAMPLE_RATE) * 2 * np.pi * 440 / SAMPLE_RATE)
-    hum = dataclasses.replace(short, audio=tone.astype(np.float32), duration=3.0)
+    short = spoken_5s(engine)
+    hum = dataclasses.replace(short, audio=hum_3s(), duration=3.0)
     before = engine.decoded_alone
     inline = engine.run_batch([short, hum, short])
     assert engine.decoded_alone == before + 1  # decoded alone, here, after the batch
@@ -118,10 +122,9 @@ def test_through_the_batcher_a_clip_decoded_again_alone_keeps_its_own_words(
     a batch of its own, each with what it gets decoded alone."""
     transcriber = Transcriber(EngineConfig(cpu_nice=0), engine_factory=lambda _config: engine)
     transcriber.reconfigure({"pack_short_jobs": True, "batch_wait_timeout_s": 0.5})
-    speech = decode(str(JFK))[: 5 * SAMPLE_RATE]
-    tone = 0.3 * np.sin(np.arange(3 * SAMPLE_RATE) * 2 * np.pi * 440 / SAMPLE_RATE)
+    speech = wav_bytes(spoken_5s(engine).samples)
     options = TranscribeOptions(vad_filter=False)
-    jobs = [wav_bytes(speech), wav_bytes(tone.astype(np.float32)), wav_bytes(speech)]
+    jobs = [speech, wav_bytes(hum_3s()), speech]
     hum = engine.prepare(jobs[1], options)
     alone = assemble(hum, engine.run_batch([dataclasses.replace(hum.chunks[0], packable=False)]))
 
