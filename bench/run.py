@@ -523,15 +523,16 @@ def summarize(result: dict[str, Any]) -> None:
             )
             # Like with like: the rounds in which packing's guard decoded nothing alone.
             one_key = [r for r in server["runs"] if r["concurrency"] == 32 and r["keys"] == 1]
-            clean: dict[str, list[float]] = {}
+            clean: dict[float | None, list[float]] = {}
             for run in one_key:
                 if run.get("decoded_alone_by_guard") == 0:
-                    clean.setdefault(str(run["polls_per_s"]), []).append(run["wall_s"])
+                    clean.setdefault(run["polls_per_s"], []).append(run["wall_s"])
             summary["server_c32_rounds_guard_decoded_alone"] = [
                 r.get("decoded_alone_by_guard") for r in one_key
             ]
             if len(clean) == 2:
-                longpoll, polling = (statistics.median(clean[k]) for k in ("None", "4.0"))
+                seed_hz = round(1 / SEED_POLL_EVERY_S, 2)  # as run_clients records it
+                longpoll, polling = (statistics.median(clean[k]) for k in (None, seed_hz))
                 summary["server_c32_no_guard_vs_plain"] = round(plain / longpoll, 2)
                 summary["server_c32_polling_4hz_no_guard_vs_plain"] = round(plain / polling, 2)
                 summary["server_c32_polling_vs_longpoll_no_guard"] = round(longpoll / polling, 2)
