@@ -320,7 +320,7 @@ def run_server(
         out["idle_single_clip_s"] = idle
         out["idle_poll_p50_s"] = pct(idle_polls, 0.5)
         out["idle_poll_p99_s"] = pct(idle_polls, 0.99)
-        # 32 clients, the headline, three times: this machine's speed drifts.
+        # 32 clients, the headline, `rounds` times: this machine's speed drifts.
         # Each round: 32 clients that long-poll, then 32 that poll as the seed's clients
         # do (SEED_POLL_EVERY_S, no wait).
         guard = GuardCount(server.output)
