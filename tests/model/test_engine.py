@@ -223,19 +223,32 @@ def test_packed_clips_keep_their_own_word_times(engine: WhisperEngine) -> None:
         assert all(0 <= w.start <= w.end <= transcript.duration + 0.05 for w in timed)
 
 
-def test_a_long_file_loses_nothing_where_whisper_ends_a_window_early(
-    engine: WhisperEngine,
-) -> None:
-    """Whisper may close its text seconds before a 30 s window ends: the rest is decoded on.
+@pytest.fixture(scope="module")
+def speech_150s() -> tuple[bytes, str]:
+    """150 s of real speech (five windows) and what plain faster-whisper (sequential
+    ``WhisperModel.transcribe``, the same model) hears in it."""
+    from faster_whisper import WhisperModel
 
-    (Before, 6 of the 24 "and so my fellow Americans" here were lost at window ends.)
+    data = wav_bytes(real_speech(150))
+    model = WhisperModel(resolve_model("tiny.en", cache_dir="data/models"), compute_type="int8")
+    return data, words(" ".join(s.text for s in model.transcribe(io.BytesIO(data))[0]))
+
+
+def test_a_long_file_loses_nothing_where_whisper_ends_a_window_early(
+    engine: WhisperEngine, speech_150s: tuple[bytes, str]
+) -> None:
+    """Whisper may close its text seconds before a 30 s window ends: the rest is decoded on,
+    as faster-whisper's sequential pass seeks on, so no word it hears is missing here.
+
+    Measured on 150 s of real speech: no word missing; without the rest decoded, 6.
+    (The file was jfk said 24 times in 300 s before, which lost 6 of its 24 sentences without
+    it; but a window saying one sentence twice fails the compression test, so every window
+    went through all six temperatures: 60 s for this test, now about 10.)
     """
-    result = transcribe(engine, long_jfk(300, 24))
-    heard = words(result["text"])
-    assert heard.count("fellow americans") == 24
-    # 0.008 alone; 0.032 once in a whole-suite run (a window or two decoded differently:
-    # "asked not", "not" for "ask not"). What this test guards is the count above.
-    assert jiwer.wer(" ".join([JFK_TEXT] * 24), heard) < 0.05
+    data, plain = speech_150s
+    result = transcribe(engine, data)
+    against_plain = jiwer.process_words(plain, words(result["text"]))
+    assert against_plain.deletions <= 2, (plain, words(result["text"]))
     ends = [(s["start"], s["end"]) for s in result["segments"]]
     assert all(a[1] <= b[0] + 0.01 for a, b in itertools.pairwise(ends))
 
@@ -264,19 +277,15 @@ def test_times_are_monotonic_and_inside_the_audio(engine: WhisperEngine) -> None
 
 
 def test_a_file_cut_in_blocks_reads_like_the_whole_file_and_like_faster_whisper(
-    engine: WhisperEngine, monkeypatch: pytest.MonkeyPatch
+    engine: WhisperEngine, speech_150s: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Long files are decoded and cut as a stream (deployments/audio.py, ``BLOCK_S``): here
     in blocks of 60 s, 150 s of real speech read like the same file cut whole, and like
     plain faster-whisper (sequential ``WhisperModel.transcribe``) on the same model."""
-    from faster_whisper import WhisperModel
-
-    data = wav_bytes(real_speech(150))
+    data, plain = speech_150s
     whole = words(transcribe(engine, data)["text"])
     monkeypatch.setattr(audio, "BLOCK_S", 60)
     in_blocks = words(transcribe(engine, data)["text"])
-    model = WhisperModel(resolve_model("tiny.en", cache_dir="data/models"), compute_type="int8")
-    plain = words(" ".join(s.text for s in model.transcribe(io.BytesIO(data))[0]))
     # Measured: 0.003 and 0.003 (one word at a block's edge).
     assert jiwer.wer(whole, in_blocks) < 0.03, (whole, in_blocks)
     assert jiwer.wer(plain, in_blocks) < 0.05, (plain, in_blocks)

@@ -14,7 +14,7 @@ import pytest
 from faster_whisper import WhisperModel
 
 from deployments.models import resolve_model
-from tests.audio_util import DATA, JFK, JFK_TEXT, long_jfk, words
+from tests.audio_util import DATA, JFK, JFK_TEXT, long_jfk, real_speech, wav_bytes, words
 from tests.serve.conftest import KEY, ORIGIN, OTHER_KEY, Server, submit, wait_done
 
 pytestmark = pytest.mark.serve
@@ -78,8 +78,9 @@ def test_49_second_file_comes_back_whole(client: httpx.Client) -> None:
 
 
 def test_a_long_job_shows_progress_and_language_while_it_runs(client: httpx.Client) -> None:
-    """Progress streams from the Whisper replica through Ray to the job (about 10 windows)."""
-    job_id = submit(client, long_jfk(300, 24))
+    """Progress streams from the Whisper replica through Ray to the job (10 windows of real
+    speech, more than one batch)."""
+    job_id = submit(client, wav_bytes(real_speech(300)))
     seen: list[tuple[float, str | None]] = []
     body: dict = {}
     deadline = time.monotonic() + 180
@@ -93,7 +94,9 @@ def test_a_long_job_shows_progress_and_language_while_it_runs(client: httpx.Clie
     assert body["status"] == "done" and body["progress"] == 1.0
     assert any(0 < p < 1 for p, _ in seen), seen
     assert all(lang == "en" for p, lang in seen if p > 0), seen
-    assert jiwer.wer(" ".join([JFK_TEXT] * 24), words(body["text"])) < 0.05
+    # real_speech(300) says jfk 7 times between other sentences (the model tier compares
+    # such a file with plain faster-whisper word by word).
+    assert words(body["text"]).count("fellow americans") == 7
 
 
 def test_concurrent_jobs_are_batched_together(server: Server, client: httpx.Client) -> None:
