@@ -35,14 +35,16 @@ class StatusPacer:
         self._read_budget[owner] = (tokens - 1, now)
         return True
 
-    def hold(self, job_id: str) -> float:
+    def hold(self, job_id: str, created_at: float) -> float:
         """Seconds to hold a status read of an unfinished job polled without ``wait``.
 
         The seed's clients poll several times a second, and each read costs CPU
         in Ray's proxy and a gateway (docs/benchmarks.md: 32 such clients halved
         throughput). A read within STATUS_POLL_INTERVAL_S of the last one waits
         for the rest of it, or for the job's end: the client learns the end as
-        soon as with a faster poll.
+        soon as with a faster poll. The submit's answer (``queued``) is the job's
+        first read: a poll right after it waits too. ``created_at``: the job's
+        ``time.time()`` at creation.
         """
         interval = self.settings.status_poll_interval_s
         if interval <= 0:
@@ -50,6 +52,7 @@ class StatusPacer:
         now = time.monotonic()
         if len(self._last_read) > MAX_TRACKED:  # jobs long ended; their reads are not held
             self._last_read = {k: t for k, t in self._last_read.items() if t > now}
-        due = max(now, self._last_read.get(job_id, now - interval) + interval)
+        submitted = now - max(0.0, time.time() - created_at)
+        due = max(now, self._last_read.get(job_id, submitted) + interval)
         self._last_read[job_id] = due
         return min(due - now, interval)

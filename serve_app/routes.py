@@ -194,7 +194,7 @@ async def get_job(
         )
     job = await wait_for_end(store, ends, job_id, owner, wait)
     if wait == 0 and job.status not in ENDED:
-        hold = pacer.hold(job_id)  # polled faster than STATUS_POLL_INTERVAL_S
+        hold = pacer.hold(job_id, job.created_at)  # polled faster than STATUS_POLL_INTERVAL_S
         if hold > 0:
             job = await wait_for_end(store, ends, job_id, owner, hold)
     # A job still running: when to ask again (a client that can, asks with wait=N).

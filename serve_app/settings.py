@@ -97,7 +97,8 @@ class Settings(BaseSettings):
 
     status_poll_interval_s: float = Field(default=2.0, ge=0, le=10)
     """A job still queued or running is read at most this often without ``wait``: a faster
-    poll is answered when the job ends or this long after the last read (0: no pacing)."""
+    poll is answered when the job ends or this long after the last read, the submit counting
+    as the first (0: no pacing)."""
 
     status_reads_per_s_per_key: float = Field(default=50, gt=0)
     """Status reads one API key may make per second, per gateway replica (bursts of twice
