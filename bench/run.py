@@ -7,7 +7,9 @@ On the same 32 short clips, with the same bundled tiny.en (int8) and threads:
   (b) this project's engine in-process, no Ray (batching and packing), on the clips in
       their own order and two shuffled ones (packing follows the order);
   (c) the whole server (`serve run`, HTTP, SQLite) under 1, 8 and 32 concurrent clients,
-      and 32 clients each with its own API key (no packing across owners).
+      and 32 clients each with its own API key (no packing across owners); then a stream:
+      32 clients that each send ``--stream`` clips one after another (each clip of the set
+      as many times), long-polling, then polling as the seed's clients do.
 Then an idle single-clip latency check, and sustained load to watch autoscaling.
 Writes bench/results/<name>.json and .png; docs/benchmarks.md quotes them.
 """
@@ -54,6 +56,10 @@ POLL_EVERY_S = 0.25
 SEED_POLL_EVERY_S = 0.25
 # The engine baseline runs the clips in their own order and in shuffled ones.
 ENGINE_ORDERS = 3
+# Clips each of the stream's 32 clients sends in a row (--stream), and how many times
+# the stream runs each way, alternating (--stream-rounds).
+STREAM_CLIPS = 4
+STREAM_ROUNDS = 2
 
 
 def wer_of(clips: list[Clip], texts: list[str]) -> dict[str, float]:
@@ -281,8 +287,23 @@ class GuardCount:
         return sum(int(n) for n in ALONE_LINE.findall(text))
 
 
+def streamed(clips: list[Clip], per_client: int) -> list[Clip]:
+    """The clips in the order run_clients hands them to len(clips) clients so that
+    client n sends clips n, n+1, ... (wrapping), ``per_client`` of them one after
+    another: each clip is sent ``per_client`` times in all, as plain decodes them."""
+    n = len(clips)
+    return [clips[(client + k) % n] for k in range(per_client) for client in range(n)]
+
+
 def run_server(
-    clips: list[Clip], threads: int, port: int, sustain_s: float, packing: bool, rounds: int
+    clips: list[Clip],
+    threads: int,
+    port: int,
+    sustain_s: float,
+    packing: bool,
+    rounds: int,
+    stream: int = 0,
+    stream_rounds: int = STREAM_ROUNDS,
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="whisper-bench-"))
     many_keys = [f"bench-key-{i}" for i in range(32)]
@@ -336,6 +357,18 @@ def run_server(
             # (a pass after the batch): rounds compare like with like by this count.
             run["decoded_alone_by_guard"] = guard.since_last()
             out["runs"].append(run)
+        if stream > 0:
+            # Throughput as a service sees it: each client sends its next clip when its
+            # last is done, so a slow clip's decode overlaps the others' (a round ends
+            # with its slowest job).
+            out["stream"] = []
+            for poll_every in [None, SEED_POLL_EVERY_S] * stream_rounds:
+                run = run_clients(
+                    server.url, streamed(clips, stream), len(clips), [KEY], done_job, poll_every
+                )
+                run["clips_per_client"] = stream
+                run["decoded_alone_by_guard"] = guard.since_last()
+                out["stream"].append(run)
         if sustain_s > 0:
             assert server.proc is not None
             out["sustained"] = sustained(server.url, clips, sustain_s, 64, server.proc.pid)
@@ -418,6 +451,18 @@ def main() -> None:
         default=C32_ROUNDS,
         help="rounds of 32 clients of one key, each long-polling then polling",
     )
+    parser.add_argument(
+        "--stream",
+        type=int,
+        default=STREAM_CLIPS,
+        help="clips each of 32 clients sends in a row, long-polling then polling; 0: none",
+    )
+    parser.add_argument(
+        "--stream-rounds",
+        type=int,
+        default=STREAM_ROUNDS,
+        help="times the stream runs each way (long polls, polling), alternating",
+    )
     args = parser.parse_args()
 
     clips = make_clips(32)
@@ -451,7 +496,14 @@ def main() -> None:
     if not args.no_server:
         port = args.port or free_port()
         result["server"] = run_server(
-            clips, args.threads, port, args.sustain, args.pack, args.rounds
+            clips,
+            args.threads,
+            port,
+            args.sustain,
+            args.pack,
+            args.rounds,
+            stream=args.stream,
+            stream_rounds=args.stream_rounds,
         )
         plain.append(run_plain(clips, args.threads))
         engine.append(run_engine(clips, args.threads, packing=True, batch=32))
@@ -536,6 +588,19 @@ def summarize(result: dict[str, Any]) -> None:
                 summary["server_c32_no_guard_vs_plain"] = round(plain / longpoll, 2)
                 summary["server_c32_polling_4hz_no_guard_vs_plain"] = round(plain / polling, 2)
                 summary["server_c32_polling_vs_longpoll_no_guard"] = round(longpoll / polling, 2)
+        streams: dict[float | None, list[float]] = {}
+        for run in server.get("stream", []):
+            # Plain decodes each clip as often as the stream sends it.
+            streams.setdefault(run["polls_per_s"], []).append(
+                plain * run["clips_per_client"] / run["wall_s"]
+            )
+        for polls, ratios in streams.items():
+            tag = f"_polling_{polls:g}hz" if polls else ""
+            summary[f"server_c32_stream{tag}_vs_plain"] = round(statistics.median(ratios), 2)
+            summary[f"server_c32_stream{tag}_vs_plain_rounds"] = [round(r, 2) for r in ratios]
+        if len(streams) == 2:
+            longpoll, polling = (statistics.median(r) for r in streams.values())
+            summary["server_c32_stream_polling_vs_longpoll"] = round(polling / longpoll, 2)
         direct = statistics.median(result["plain"]["single_clip_s"])
         summary["idle_single_clip_vs_direct"] = round(
             statistics.median(server["idle_single_clip_s"]) / direct, 2
