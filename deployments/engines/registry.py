@@ -92,8 +92,9 @@ def _openmp_threads(threads: int, runtime: str) -> None:
     4.3-4.6 s on 2 cores, the same hour).
     """
     wanted = str(threads)
-    if os.environ.get("OMP_NUM_THREADS") == wanted:
-        return
+    current = os.environ.get("OMP_NUM_THREADS")
+    if current == wanted or (current is None and threads == len(os.sched_getaffinity(0))):
+        return  # unset, OpenMP takes every core this process may run on
     if runtime in sys.modules:
         logger.warning(
             "OMP_NUM_THREADS=%s, not %s: %s was loaded before the engine",

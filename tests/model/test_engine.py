@@ -319,3 +319,21 @@ def test_the_engine_gets_its_threads_where_ray_set_openmp_to_one() -> None:
         env=env, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2],
     )  # fmt: skip
     assert out.stdout.split()[-1] == "2", out.stdout + out.stderr
+
+
+def test_openmp_left_unset_is_no_warning_where_it_means_every_core(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unset, OpenMP takes every core: a process that loaded CTranslate2 first (the bench's
+    plain faster-whisper) was warned "OMP_NUM_THREADS=None, not 2" for what it had."""
+    import ctranslate2  # noqa: F401  (loaded before the engine)
+
+    from deployments.engines import registry
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    registry._openmp_threads(cores, runtime="ctranslate2")
+    assert "OMP_NUM_THREADS" not in caplog.text
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    registry._openmp_threads(cores, runtime="ctranslate2")
+    assert f"OMP_NUM_THREADS=1, not {cores}" in caplog.text
