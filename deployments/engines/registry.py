@@ -98,7 +98,7 @@ def _openmp_threads(threads: int, runtime: str) -> None:
     if runtime in sys.modules:
         logger.warning(
             "OMP_NUM_THREADS=%s, not %s: %s was loaded before the engine",
-            os.environ.get("OMP_NUM_THREADS"),
+            current,
             wanted,
             runtime,
         )
