@@ -243,7 +243,7 @@ def test_a_long_file_loses_nothing_where_whisper_ends_a_window_early(
     Measured on 150 s of real speech: no word missing; without the rest decoded, 6.
     (The file was jfk said 24 times in 300 s before, which lost 6 of its 24 sentences without
     it; but a window saying one sentence twice fails the compression test, so every window
-    went through all six temperatures: 60 s for this test, now about 10.)
+    went through all six temperatures: 60 s for this test, now about 4.)
     """
     data, plain = speech_150s
     result = transcribe(engine, data)
