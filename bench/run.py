@@ -374,10 +374,9 @@ def run_server(
             # last is done, so a slow clip's decode overlaps the others' (a round ends
             # with its slowest job).
             out["stream"] = []
+            order = streamed(clips, stream)
             for poll_every in [None, SEED_POLL_EVERY_S] * stream_rounds:
-                run = run_clients(
-                    server.url, streamed(clips, stream), len(clips), [KEY], done_job, poll_every
-                )
+                run = run_clients(server.url, order, len(clips), [KEY], done_job, poll_every)
                 run["clips_per_client"] = stream
                 run["decoded_alone_by_guard"] = guard.since_last()
                 out["stream"].append(run)
@@ -541,6 +540,11 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def polling_tag(polls_per_s: float | None) -> str:
+    """A run's polling rate in its summary keys: "" for long polls, "_polling_4hz"."""
+    return f"_polling_{polls_per_s:g}hz" if polls_per_s else ""
+
+
 def summarize(result: dict[str, Any]) -> None:
     audio = result["audio_seconds"]
     plain, engine = result["plain"]["wall_s"], result["engine"]["wall_s"]
@@ -564,12 +568,12 @@ def summarize(result: dict[str, Any]) -> None:
         summary["real_decoded_alone_by_guard"] = real["decoded_alone_by_guard"]
     server = result.get("server")
     if server:
+        seed_hz = round(1 / SEED_POLL_EVERY_S, 2)  # the polling rate as run_clients records it
         walls: dict[str, list[float]] = {}
         wers: dict[str, list[float]] = {}
         for run in server["runs"]:
             tag = f"c{run['concurrency']}" + ("_distinct_keys" if run["keys"] > 1 else "")
-            if run.get("polls_per_s"):
-                tag += f"_polling_{run['polls_per_s']:g}hz"
+            tag += polling_tag(run.get("polls_per_s"))
             walls.setdefault(tag, []).append(run["wall_s"])
             wers.setdefault(tag, []).append(run["wer"]["mean_per_clip"])
         for tag, times in walls.items():
@@ -595,7 +599,6 @@ def summarize(result: dict[str, Any]) -> None:
                 r.get("decoded_alone_by_guard") for r in one_key
             ]
             if len(clean) == 2:
-                seed_hz = round(1 / SEED_POLL_EVERY_S, 2)  # as run_clients records it
                 longpoll, polling = (statistics.median(clean[k]) for k in (None, seed_hz))
                 summary["server_c32_no_guard_vs_plain"] = round(plain / longpoll, 2)
                 summary["server_c32_polling_4hz_no_guard_vs_plain"] = round(plain / polling, 2)
@@ -607,11 +610,11 @@ def summarize(result: dict[str, Any]) -> None:
                 plain * run["clips_per_client"] / run["wall_s"]
             )
         for polls, ratios in streams.items():
-            tag = f"_polling_{polls:g}hz" if polls else ""
+            tag = polling_tag(polls)
             summary[f"server_c32_stream{tag}_vs_plain"] = round(statistics.median(ratios), 2)
             summary[f"server_c32_stream{tag}_vs_plain_rounds"] = [round(r, 2) for r in ratios]
         if len(streams) == 2:
-            longpoll, polling = (statistics.median(r) for r in streams.values())
+            longpoll, polling = (statistics.median(streams[k]) for k in (None, seed_hz))
             summary["server_c32_stream_polling_vs_longpoll"] = round(polling / longpoll, 2)
         direct = statistics.median(result["plain"]["single_clip_s"])
         summary["idle_single_clip_vs_direct"] = round(
