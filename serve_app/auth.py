@@ -50,11 +50,13 @@ def check_bearer(authorization: str | None, keys: list[str]) -> str:
     return matched
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     _declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
 ) -> str:
-    """FastAPI dependency: the caller's owner fingerprint (anonymous when auth is off)."""
+    """FastAPI dependency: the caller's owner fingerprint (anonymous when auth is off).
+
+    async, as every dependency here: a plain ``def`` one runs in a worker thread."""
     settings = request.app.state.settings
     if not settings.require_auth:
         return ANONYMOUS

@@ -14,7 +14,9 @@ from serve_app.store import JobStore
 
 
 def _state(name: str) -> Any:
-    def get(request: Request) -> Any:
+    # async: FastAPI runs a plain ``def`` dependency in a worker thread, a hop per
+    # dependency on every request (a status read had five).
+    async def get(request: Request) -> Any:
         return getattr(request.app.state, name)
 
     return Depends(get)

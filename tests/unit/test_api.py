@@ -628,6 +628,30 @@ def test_the_submits_answer_is_the_first_status_read(tmp_path: Path) -> None:
         assert time.monotonic() - begin < 0.5
 
 
+def test_a_status_read_hops_to_no_worker_thread_but_the_stores(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11: each status read costs CPU next to the decode. FastAPI runs every plain
+    ``def`` dependency in a worker thread (anyio), a hop each: a status read had five
+    (the bearer check and four of app.state), about 1.5 ms of the gateway's 8-10 ms of CPU
+    a read. Only the store's reads leave the event loop (asyncio.to_thread)."""
+    import anyio.to_thread
+
+    job_id = submit(client, JFK.read_bytes())["job_id"]
+    wait_done(client, job_id)
+    hops: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kw: Any) -> Any:
+        hops.append(func)
+        return await run_sync(func, *args, **kw)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    for path in (f"/transcribe/{job_id}", "/transcribe", "/health"):
+        assert client.get(path, headers=AUTH).status_code == 200, path
+    assert hops == []
+
+
 def test_a_paced_poll_answers_as_soon_as_the_job_ends(tmp_path: Path) -> None:
     class Slow(LocalClient):
         async def transcribe(self, *args: Any, **kw: Any) -> End:
