@@ -76,11 +76,20 @@ class ServeProcess:
     """A `serve run` child process in its own process group, its environment and its logs."""
 
     def __init__(
-        self, workdir: Path, env: dict[str, str], *, port: int = 8000, config: Path | None = None
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        *,
+        port: int = 8000,
+        config: Path | None = None,
+        root: Path = ROOT,
     ) -> None:
+        """``root``: the checkout whose code `serve run` imports (bench/read_cost.py runs
+        another revision's beside this one's)."""
         self.workdir = workdir
         self.port = port
-        self.config = config or ROOT / "serve_config.yaml"
+        self.root = root
+        self.config = config or root / "serve_config.yaml"
         self.url = f"http://127.0.0.1:{port}"
         self.output = workdir / "serve-run.log"
         self.ray_logs: list[Path] = []
@@ -97,7 +106,7 @@ class ServeProcess:
         out = self.output.open("ab")
         self.proc = subprocess.Popen(
             [str(serve_bin), "run", str(self.config)],
-            cwd=ROOT,
+            cwd=self.root,
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,

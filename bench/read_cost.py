@@ -1,0 +1,174 @@
+"""What one status read costs the server in CPU, from /proc: the whole `serve run` tree.
+
+    .venv/bin/python -m bench.read_cost --name read-cost-dec02 [--against REV]
+
+Starts the server (`serve run serve_config.yaml` on a free port), transcribes one clip of
+real speech, then reads the done job ``--reads`` times, one client, no ``wait``, and
+takes the CPU time (user + system) every process of the server spent meanwhile: Ray's
+proxy, the gateways, the controller, GCS, raylet, agents. With ``--against REV`` a
+checkout of that revision runs too, alternating with this one ``--repeat`` times each
+(the machine's speed drifts; compare within a pair). Writes bench/results/<name>.json;
+docs/benchmarks.md quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.run import RESULTS, machine
+from tests.serve.launcher import ROOT, ServeProcess, _ancestors, config_on_port, free_port
+
+KEY = "bench-read-key"
+CLIP = ROOT / "tests" / "data" / "jfk.flac"
+TICK = os.sysconf("SC_CLK_TCK")
+# Ray's processes by what their command line says (the rest by their name).
+ROLES = (
+    "ServeReplica:whisper:Gateway",
+    "ServeReplica:whisper:Transcriber",
+    "ProxyActor",
+    "ServeController",
+    "gcs_server",
+    "raylet",
+    "dashboard",
+)
+
+
+def cpu_under(root: int) -> dict[int, tuple[str, float]]:
+    """Every process descending from ``root``: (role, CPU seconds so far)."""
+    out: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if pid != root and root not in _ancestors(pid):
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        role = next((r for r in ROLES if r in cmdline or r in name), name)
+        out[pid] = (role, (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def measure(root: Path, reads: int) -> dict[str, Any]:
+    """One server from checkout ``root``: CPU milliseconds a read, by role."""
+    work = Path(tempfile.mkdtemp(prefix="whisper-readcost-"))
+    port = free_port()
+    server = ServeProcess(
+        work,
+        {"WHISPER_API_KEY": KEY, "DATA_DIR": str(work / "data")},
+        port=port,
+        config=config_on_port(work, port, config=root / "serve_config.yaml"),
+        root=root,
+    )
+    server.start()
+    try:
+        assert server.proc is not None
+        with httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+        ) as c:
+            job = c.post("/transcribe", files={"file": ("jfk.flac", CLIP.read_bytes())}).json()
+            url = f"/transcribe/{job['job_id']}"
+            assert c.get(url, params={"wait": 60}).json()["status"] == "done"
+            time.sleep(5)  # the start's own work settles
+            for _ in range(50):
+                c.get(url)
+            before = cpu_under(server.proc.pid)
+            started = time.perf_counter()
+            for _ in range(reads):
+                c.get(url).raise_for_status()
+            wall = time.perf_counter() - started
+            after = cpu_under(server.proc.pid)
+    finally:
+        server.stop()
+    by_role: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        if pid in before:
+            by_role[role] = by_role.get(role, 0.0) + cpu - before[pid][1]
+    ranked = sorted(by_role.items(), key=lambda kv: -kv[1])
+    per_read = {role: round(1000 * s / reads, 2) for role, s in ranked if s > 0}
+    return {
+        "cpu_ms_per_read": round(1000 * sum(by_role.values()) / reads, 2),
+        "wall_ms_per_read": round(1000 * wall / reads, 2),
+        "by_process": per_read,
+    }
+
+
+def revision(root: Path) -> str:
+    """The checkout's commit, and "+changes" when its server code differs from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+        return done.stdout
+
+    code = ("serve_app", "deployments", "serve_config.yaml")
+    dirty = git("status", "--porcelain", "--", *code).strip()
+    return git("rev-parse", "--short", "HEAD").strip() + ("+changes" if dirty else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--name", default="read-cost", help="results file name")
+    parser.add_argument("--reads", type=int, default=1500)
+    parser.add_argument("--repeat", type=int, default=3, help="servers started per checkout")
+    parser.add_argument("--against", help="a git revision to measure beside the working tree")
+    args = parser.parse_args()
+    roots = {"this": ROOT}
+    if args.against:
+        other = Path(tempfile.mkdtemp(prefix="whisper-readcost-rev-")) / "checkout"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(other), args.against],
+            check=True,
+            capture_output=True,
+        )
+        roots["against"] = other
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in roots}
+    try:
+        for i in range(args.repeat):
+            for label, root in roots.items():
+                run = measure(root, args.reads)
+                runs[label].append(run)
+                print(i, label, json.dumps(run), flush=True)
+    finally:
+        if args.against:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(roots["against"])],
+                capture_output=True,
+            )
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "reads_per_server": args.reads,
+        "revisions": {label: revision(root) for label, root in roots.items()},
+        "runs": runs,
+        "median_cpu_ms_per_read": {
+            label: statistics.median(r["cpu_ms_per_read"] for r in rs) for label, rs in runs.items()
+        },
+    }
+    if args.against:
+        # Pairwise: each run of this checkout against the run of the other just after it.
+        result["this_vs_against_per_pair"] = [
+            round(a["cpu_ms_per_read"] / b["cpu_ms_per_read"], 3)
+            for a, b in zip(runs["this"], runs["against"], strict=True)
+        ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
