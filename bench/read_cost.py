@@ -6,8 +6,9 @@ Starts the server (`serve run serve_config.yaml` on a free port), transcribes on
 real speech, then reads the done job ``--reads`` times, one client, no ``wait``, and
 takes the CPU time (user + system) every process of the server spent meanwhile: Ray's
 proxy, the gateways, the controller, GCS, raylet, agents. With ``--against REV`` a
-checkout of that revision runs too, alternating with this one ``--repeat`` times each
-(the machine's speed drifts; compare within a pair). Writes bench/results/<name>.json;
+checkout of that revision runs too, and with ``--env NAME=VALUE`` the working tree with
+that in the server's environment (Ray Serve's flags), alternating ``--repeat`` times
+each (the machine's speed drifts; compare within a round). Writes bench/results/<name>.json;
 docs/benchmarks.md quotes it.
 """
 
@@ -64,13 +65,13 @@ def cpu_under(root: int) -> dict[int, tuple[str, float]]:
     return out
 
 
-def measure(root: Path, reads: int) -> dict[str, Any]:
-    """One server from checkout ``root``: CPU milliseconds a read, by role."""
+def measure(root: Path, reads: int, env: dict[str, str]) -> dict[str, Any]:
+    """One server from checkout ``root``, ``env`` added: CPU milliseconds a read, by role."""
     work = Path(tempfile.mkdtemp(prefix="whisper-readcost-"))
     port = free_port()
     server = ServeProcess(
         work,
-        {"WHISPER_API_KEY": KEY, "DATA_DIR": str(work / "data")},
+        {"WHISPER_API_KEY": KEY, "DATA_DIR": str(work / "data"), **env},
         port=port,
         config=config_on_port(work, port, config=root / "serve_config.yaml"),
         root=root,
@@ -126,8 +127,19 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=1500)
     parser.add_argument("--repeat", type=int, default=3, help="servers started per checkout")
     parser.add_argument("--against", help="a git revision to measure beside the working tree")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also measure the working tree with this in the server's environment",
+    )
     args = parser.parse_args()
+    extra = dict(e.split("=", 1) for e in args.env)
     roots = {"this": ROOT}
+    envs: dict[str, dict[str, str]] = {"this": {}}
+    if extra:
+        roots["this+env"], envs["this+env"] = ROOT, extra
     if args.against:
         other = Path(tempfile.mkdtemp(prefix="whisper-readcost-rev-")) / "checkout"
         subprocess.run(
@@ -135,12 +147,13 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        roots["against"] = other
+        roots["against"], envs["against"] = other, {}
+    revisions = {label: revision(root) for label, root in roots.items()}
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in roots}
     try:
         for i in range(args.repeat):
             for label, root in roots.items():
-                run = measure(root, args.reads)
+                run = measure(root, args.reads, envs[label])
                 runs[label].append(run)
                 print(i, label, json.dumps(run), flush=True)
     finally:
@@ -153,17 +166,18 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "reads_per_server": args.reads,
-        "revisions": {label: revision(root) for label, root in roots.items()},
+        "revisions": revisions,
+        "env": extra,
         "runs": runs,
         "median_cpu_ms_per_read": {
             label: statistics.median(r["cpu_ms_per_read"] for r in rs) for label, rs in runs.items()
         },
     }
-    if args.against:
-        # Pairwise: each run of this checkout against the run of the other just after it.
-        result["this_vs_against_per_pair"] = [
-            round(a["cpu_ms_per_read"] / b["cpu_ms_per_read"], 3)
-            for a, b in zip(runs["this"], runs["against"], strict=True)
+    for beside in (label for label in runs if label != "this"):
+        # Pairwise: each run of the working tree against the other run of its round.
+        result[f"{beside}_vs_this_per_pair"] = [
+            round(b["cpu_ms_per_read"] / a["cpu_ms_per_read"], 3)
+            for a, b in zip(runs["this"], runs[beside], strict=True)
         ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
