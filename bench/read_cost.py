@@ -67,6 +67,20 @@ def cpu_under(root: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+def in_session(leader: int) -> list[int]:
+    """Processes of the session ``leader`` started (``start_new_session``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[3]) == leader:  # field 6: session
+                found.append(int(entry.name))
+    return found
+
+
 def measure(root: Path, reads: int, env: dict[str, str]) -> dict[str, Any]:
     """One server from checkout ``root``, ``env`` added: CPU milliseconds a read, by role."""
     work = Path(tempfile.mkdtemp(prefix="whisper-readcost-"))
@@ -106,9 +120,11 @@ def measure(root: Path, reads: int, env: dict[str, str]) -> dict[str, Any]:
     finally:
         server.stop()
         # Ray's HAProxy mode (--env RAY_SERVE_ENABLE_HA_PROXY=1) leaves its haproxy
-        # running after `serve run` exits; it is in this server's process group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
+        # running after `serve run` exits, in a process group of its own but still in
+        # the session `serve run` leads: only this server's processes are in it.
+        for pid in in_session(group):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     by_role: dict[str, float] = {}
     for pid, (role, cpu) in after.items():
         if pid in before:
