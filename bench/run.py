@@ -238,7 +238,7 @@ def run_clients(
         # When each job's client saw it done, from the round's start.
         "job_done_p50_s": pct(done_at, 0.5),
         "wer": wer_of(clips, texts),
-        # Status reads a job took its client: each costs the server 13-18 ms of CPU on
+        # Status reads a job took its client: each costs the server 11-18 ms of CPU on
         # 2 cores (bench/read_cost.py).
         "status_reads_per_job": round(statistics.mean(reads), 2),
         "submit_p50_s": pct(submits, 0.5),
