@@ -29,7 +29,15 @@ from typing import Any
 import httpx
 
 from bench.run import RESULTS, machine
-from tests.serve.launcher import ROOT, ServeProcess, _ancestors, config_on_port, free_port
+from tests.serve.launcher import (
+    ROOT,
+    ServeProcess,
+    all_pids,
+    config_on_port,
+    free_port,
+    proc_stat,
+    processes_under,
+)
 
 KEY = "bench-read-key"
 CLIP = ROOT / "tests" / "data" / "jfk.flac"
@@ -49,19 +57,15 @@ ROLES = (
 def cpu_under(root: int) -> dict[int, tuple[str, float]]:
     """Every process descending from ``root``: (role, CPU seconds so far)."""
     out: dict[int, tuple[str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for pid in processes_under(root):
+        stat = proc_stat(pid)
+        if stat is None:
             continue
-        pid = int(entry.name)
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if pid != root and root not in _ancestors(pid):
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
+        name, fields = stat
         role = next((r for r in ROLES if r in cmdline or r in name), name)
         out[pid] = (role, (int(fields[11]) + int(fields[12])) / TICK)
     return out
@@ -69,16 +73,7 @@ def cpu_under(root: int) -> dict[int, tuple[str, float]]:
 
 def in_session(leader: int) -> list[int]:
     """Processes of the session ``leader`` started (``start_new_session``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[3]) == leader:  # field 6: session
-                found.append(int(entry.name))
-    return found
+    return [pid for pid in all_pids() if (stat := proc_stat(pid)) and int(stat[1][3]) == leader]
 
 
 def measure(root: Path, reads: int, env: dict[str, str]) -> dict[str, Any]:

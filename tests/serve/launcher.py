@@ -32,16 +32,34 @@ def replica_pids(deployment: str, under: int, app: str = "whisper") -> list[int]
     return [int(p) for p in found.stdout.split() if under in _ancestors(int(p))]
 
 
+def proc_stat(pid: int) -> tuple[str, list[str]] | None:
+    """/proc/PID/stat: the process's name, and the fields after it (state, ppid, pgrp,
+    session, ..., utime at 11, stime at 12); None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+
+
 def _ancestors(pid: int) -> list[int]:
     chain = []
     while pid > 1:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+        stat = proc_stat(pid)
+        if stat is None:
             break
-        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the name: ppid
+        pid = int(stat[1][1])  # ppid
         chain.append(pid)
     return chain
+
+
+def all_pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def processes_under(under: int) -> list[int]:
+    """``under`` and every process descending from it (our `serve run`), from /proc."""
+    return [pid for pid in all_pids() if pid == under or under in _ancestors(pid)]
 
 
 def port_taken(port: int) -> bool:
@@ -232,9 +250,8 @@ def listening(under: int) -> list[tuple[str, int, str]]:
     """TCP sockets listening in processes started under process ``under`` (our `serve
     run`): (address, port, process name), from /proc (no tool needed)."""
     owners: dict[str, str] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or under not in [int(proc.name), *_ancestors(int(proc.name))]:
-            continue
+    for pid in processes_under(under):
+        proc = Path(f"/proc/{pid}")
         try:
             name = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
             for fd in (proc / "fd").iterdir():
