@@ -46,6 +46,13 @@ logger = logging.getLogger("ray.serve.whisper.engine")
 MAX_COMPRESSION_RATIO = 2.4
 # Token budget of a packed clip's decode: fast English speech with timestamps is about 5.
 TOKENS_PER_SECOND = 5
+# A decode of a short window that writes more than this many tokens a second of its
+# audio (and LOOP_TOKENS more) is a loop: about twice the fastest speech in any language
+# (CJK text takes 10-15 tokens a second). It is cut there and fails the fallback test,
+# as its text decoded to the end would fail the compression test; a sampled loop of a
+# 2.5 s clip used to run to 224 tokens times BEST_OF, several times plain's decode.
+LOOP_TOKENS_PER_SECOND = 25
+LOOP_TOKENS = 32
 # faster-whisper's quality guards, with its defaults: a window whose text
 # compresses too well (a loop) or is unlikely is decoded again at the next
 # temperature; one that is probably not speech and unlikely gets no text.
@@ -83,15 +90,28 @@ def before_loop(pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return pieces
 
 
-def verdict(result: Generated, text: str) -> str:
+def verdict(result: Generated, text: str, *, looped: bool = False) -> str:
     """faster-whisper's tests on one decode: "ok", "fallback" (try the next
-    temperature) or "silent" (probably no speech: no text)."""
+    temperature) or "silent" (probably no speech: no text). ``looped``: the decode
+    ran out of its window's loop budget (as a text that compresses too well)."""
     unlikely = result.avg_logprob < LOG_PROB_THRESHOLD
     if result.no_speech_prob > NO_SPEECH_THRESHOLD and unlikely:
         return "silent"
-    if unlikely or timing.compression_ratio(text) > MAX_COMPRESSION_RATIO:
+    if unlikely or looped or timing.compression_ratio(text) > MAX_COMPRESSION_RATIO:
         return "fallback"
     return "ok"
+
+
+def token_budget(seconds: float, per_second: int, base: int) -> int:
+    """New tokens for a decode of ``seconds`` of audio, in steps of 32 (decodes with
+    like budgets share a call)."""
+    return -(-(base + int(per_second * seconds)) // 32) * 32
+
+
+def max_length(new: int, prompt: int) -> int:
+    """CTranslate2's ``max_length`` (it counts the prompt, and gives at most half of it
+    to new tokens) for at least ``new`` new tokens after a prompt of ``prompt``."""
+    return min(MAX_LENGTH, max(2 * new, prompt + new))
 
 
 def _contains(text: list[str], part: list[str]) -> bool:
@@ -332,6 +352,7 @@ class WhisperEngine:
             [c.prompt for c in first],
             [self._tokenizer(c.language, c.task) for c in first],
             beam_size,
+            [w.duration for w in windows],
         )
         per_window: list[list[dict[str, Any]]] = []
         for window, chunk, result in zip(windows, first, generated, strict=True):
@@ -363,16 +384,22 @@ class WhisperEngine:
         prompts: list[list[int]],
         tokenizers: list[WhisperTokenizer],
         beam_size: int,
+        seconds: list[float],
     ) -> list[Generated]:
         """Decode windows with faster-whisper's temperature fallback, in batches.
 
         Each temperature decodes at once the windows the last one failed; where
         all fail, the likeliest result that does not loop is kept, as
         faster-whisper does. A window the no-speech test finds silent comes
-        back with no tokens.
+        back with no tokens. ``seconds``: each window's audio; a decode that
+        outruns its loop budget (LOOP_TOKENS_PER_SECOND) is a loop.
         """
         chosen: list[Generated | None] = [None] * len(prompts)
         tried: list[list[tuple[Generated, bool]]] = [[] for _ in prompts]
+        budgets = [
+            min(MAX_LENGTH // 2, token_budget(s, LOOP_TOKENS_PER_SECOND, LOOP_TOKENS))
+            for s in seconds
+        ]
         todo = list(range(len(prompts)))
         for temperature in TEMPERATURES:
             if not todo:
@@ -381,7 +408,7 @@ class WhisperEngine:
                 encoded,
                 [prompts[i] for i in todo],
                 beam_size=beam_size,
-                max_length=MAX_LENGTH,
+                max_length=max(max_length(budgets[i], len(prompts[i])) for i in todo),
                 rows=todo,
                 temperature=temperature,
                 best_of=BEST_OF,
@@ -389,8 +416,10 @@ class WhisperEngine:
             failed = []
             for i, result in zip(todo, results, strict=True):
                 text = tokenizers[i].decode(result.tokens)
-                tried[i].append((result, timing.compression_ratio(text) <= MAX_COMPRESSION_RATIO))
-                if verdict(result, text) == "fallback":
+                looped = budgets[i] < MAX_LENGTH // 2 and len(result.tokens) >= budgets[i]
+                not_looping = not looped and timing.compression_ratio(text) <= MAX_COMPRESSION_RATIO
+                tried[i].append((result, not_looping))
+                if verdict(result, text, looped=looped) == "fallback":
                     failed.append(i)
                 else:
                     chosen[i] = result
@@ -494,8 +523,7 @@ class WhisperEngine:
         """
         budgets: dict[int, list[int]] = {}
         for k, (start, end) in enumerate(spans):
-            new = -(-(16 + int(TOKENS_PER_SECOND * (end - start))) // 32) * 32
-            budgets.setdefault(new, []).append(k)
+            budgets.setdefault(token_budget(end - start, TOKENS_PER_SECOND, 16), []).append(k)
         out: list[Generated] = [Generated(tokens=[]) for _ in rows]
         for new, members in budgets.items():
             starting = [
@@ -507,7 +535,7 @@ class WhisperEngine:
                 encoded,
                 starting,
                 beam_size=beam_size,
-                max_length=min(MAX_LENGTH, max(2 * new, longest + new)),
+                max_length=max_length(new, longest),
                 rows=[rows[k] for k in members],
                 spans=[spans[k] for k in members],
             )

@@ -19,6 +19,7 @@ from deployments import audio
 from deployments.assemble import assemble
 from deployments.audio import decode
 from deployments.engine import WhisperEngine, before_loop
+from deployments.engines.contract import MAX_LENGTH, Generated
 from deployments.interface import AudioError, Chunk, EngineConfig, Packing
 from deployments.models import ModelNotAvailable, resolve_model
 from deployments.packing import plan_windows
@@ -190,6 +191,45 @@ def test_a_packed_window_that_loops_keeps_the_clips_before_the_loop() -> None:
     assert before_loop(clean) == clean
     # A loop of short segments, none failing the test alone: nothing is kept.
     assert before_loop([{"text": " Nip, nip."}] * 30) == []
+
+
+def test_a_short_clip_that_runs_on_is_cut_at_its_budget_and_decoded_again(
+    engine: WhisperEngine,
+) -> None:
+    """A decode that writes far more than a clip of its length can say is a loop: a
+    sampled fallback of a 2.5 s espeak clip ran to 224 tokens at two temperatures
+    (6.1 s in the engine, 1.9-3.3 s in plain faster-whisper). Here the decoder never
+    repeats itself (the compression test would pass it) and goes on as long as it may
+    at temperature 0: it is stopped at the clip's budget and tried at the next one."""
+    backend = engine.backend
+    tokenizer = engine._tokenizer("en", "transcribe")
+    at = tokenizer.timestamp_begin  # <|0.00|>; <|2.00|> is 100 steps of 0.02 s on
+    said = [at, *tokenizer.encode(" Glue the sheet."), at + 100]
+    calls: list[tuple[float, int]] = []
+
+    class RunsOn:
+        def __getattr__(self, name: str) -> object:
+            return getattr(backend, name)
+
+        def generate(self, encoded, prompts, *, max_length, temperature=0.0, **kw):  # type: ignore[no-untyped-def]
+            calls.append((temperature, max_length))
+            if temperature > 0:
+                return [Generated(tokens=said, avg_logprob=-0.2) for _ in prompts]
+            allowed = min(max_length // 2, max_length - len(prompts[0]) + 1)
+            distinct = list(range(1000, 1000 + allowed))  # no repeats: not compressible
+            return [Generated(tokens=distinct, avg_logprob=-0.1) for _ in prompts]
+
+    cut = WhisperEngine(EngineConfig(model="tiny.en"), backend=RunsOn())  # type: ignore[arg-type]
+    speech = decode(str(JFK))
+    result = transcribe(cut, wav_bytes(speech[: int(2.5 * 16000)]))
+    assert result["text"].strip() == "Glue the sheet."
+    (t0, length), (t1, _) = calls[:2]
+    assert (t0, t1) == (0.0, 0.2)
+    assert length // 2 <= 100  # 2.5 s: at most 96 new tokens, not 224
+    # A 30 s window keeps faster-whisper's whole budget.
+    calls.clear()
+    transcribe(cut, wav_bytes(np.tile(speech, 3)[: 30 * 16000]))
+    assert calls[0][1] == MAX_LENGTH
 
 
 def test_word_timestamps_on_one_window_and_on_several(engine: WhisperEngine) -> None:
