@@ -28,47 +28,12 @@ from typing import Any
 
 import httpx
 
+from bench.cpu import cpu_under, spent
 from bench.run import RESULTS, machine
-from tests.serve.launcher import (
-    ROOT,
-    ServeProcess,
-    all_pids,
-    config_on_port,
-    free_port,
-    proc_stat,
-    processes_under,
-)
+from tests.serve.launcher import ROOT, ServeProcess, all_pids, config_on_port, free_port, proc_stat
 
 KEY = "bench-read-key"
 CLIP = ROOT / "tests" / "data" / "jfk.flac"
-TICK = os.sysconf("SC_CLK_TCK")
-# Ray's processes by what their command line says (the rest by their name).
-ROLES = (
-    "ServeReplica:whisper:Gateway",
-    "ServeReplica:whisper:Transcriber",
-    "ProxyActor",
-    "ServeController",
-    "gcs_server",
-    "raylet",
-    "dashboard",
-)
-
-
-def cpu_under(root: int) -> dict[int, tuple[str, float]]:
-    """Every process descending from ``root``: (role, CPU seconds so far)."""
-    out: dict[int, tuple[str, float]] = {}
-    for pid in processes_under(root):
-        stat = proc_stat(pid)
-        if stat is None:
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        name, fields = stat
-        role = next((r for r in ROLES if r in cmdline or r in name), name)
-        out[pid] = (role, (int(fields[11]) + int(fields[12])) / TICK)
-    return out
 
 
 def in_session(leader: int) -> list[int]:
@@ -120,12 +85,8 @@ def measure(root: Path, reads: int, env: dict[str, str]) -> dict[str, Any]:
         for pid in in_session(group):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    by_role: dict[str, float] = {}
-    for pid, (role, cpu) in after.items():
-        if pid in before:
-            by_role[role] = by_role.get(role, 0.0) + cpu - before[pid][1]
-    ranked = sorted(by_role.items(), key=lambda kv: -kv[1])
-    per_read = {role: round(1000 * s / reads, 2) for role, s in ranked if s > 0}
+    by_role = spent(before, after)
+    per_read = {role: round(1000 * s / reads, 2) for role, s in by_role.items() if s > 0}
     return {
         "cpu_ms_per_read": round(1000 * sum(by_role.values()) / reads, 2),
         "wall_ms_per_read": round(1000 * wall / reads, 2),

@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import httpx
 import jiwer
 
 from bench.clips import Clip, make_clips
+from bench.cpu import cpu_under, spent
 from bench.packing import measure as measure_packing
 from deployments.assemble import assemble
 from deployments.engine import WhisperEngine
@@ -249,6 +251,19 @@ def run_clients(
     }
 
 
+def with_cpu(group: int, run: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``run(*args)``, its result with the CPU seconds that the server's processes (the
+    tree under ``group``), by role, and this bench's own clients spent meanwhile: they
+    share the machine's cores."""
+    before, clients = cpu_under(group), time.process_time()
+    result = run(*args)
+    by_role = spent(before, cpu_under(group))
+    result["cpu_s_by_process"] = {role: round(s, 2) for role, s in by_role.items() if s >= 0.01}
+    result["cpu_s_server"] = round(sum(by_role.values()), 2)
+    result["cpu_s_bench_clients"] = round(time.process_time() - clients, 2)
+    return result
+
+
 def sustained(
     url: str, clips: list[Clip], seconds: float, concurrency: int, server_pid: int
 ) -> dict[str, Any]:
@@ -363,9 +378,11 @@ def run_server(
             runs += [(32, [KEY], None), (32, [KEY], SEED_POLL_EVERY_S)]
         runs.append((32, many_keys, None))
         guard.since_last()
+        assert server.proc is not None
+        group = server.proc.pid
         out["runs"] = []
         for n, keys, poll_every in runs:
-            run = run_clients(server.url, clips, n, keys, done_job, poll_every=poll_every)
+            run = with_cpu(group, run_clients, server.url, clips, n, keys, done_job, poll_every)
             # With packing on, a round whose guard decoded a clip alone takes longer
             # (a pass after the batch): rounds compare like with like by this count.
             run["decoded_alone_by_guard"] = guard.since_last()
@@ -377,13 +394,14 @@ def run_server(
             out["stream"] = []
             order = streamed(clips, stream)
             for poll_every in [None, SEED_POLL_EVERY_S] * stream_rounds:
-                run = run_clients(server.url, order, len(clips), [KEY], done_job, poll_every)
+                run = with_cpu(
+                    group, run_clients, server.url, order, len(clips), [KEY], done_job, poll_every
+                )
                 run["clips_per_client"] = stream
                 run["decoded_alone_by_guard"] = guard.since_last()
                 out["stream"].append(run)
         if sustain_s > 0:
-            assert server.proc is not None
-            out["sustained"] = sustained(server.url, clips, sustain_s, 64, server.proc.pid)
+            out["sustained"] = sustained(server.url, clips, sustain_s, 64, group)
     finally:
         server.stop()
     return out
@@ -605,15 +623,29 @@ def summarize(result: dict[str, Any]) -> None:
                 summary["server_c32_polling_4hz_no_guard_vs_plain"] = round(plain / polling, 2)
                 summary["server_c32_polling_vs_longpoll_no_guard"] = round(longpoll / polling, 2)
         streams: dict[float | None, list[float]] = {}
+        cpu_per_job: dict[float | None, list[dict[str, float]]] = {}
         for run in server.get("stream", []):
             # Plain decodes each clip as often as the stream sends it.
             streams.setdefault(run["polls_per_s"], []).append(
                 plain * run["clips_per_client"] / run["wall_s"]
             )
+            if "cpu_s_by_process" in run:
+                jobs = run["concurrency"] * run["clips_per_client"]
+                spent_by = {**run["cpu_s_by_process"], "bench clients": run["cpu_s_bench_clients"]}
+                cpu_per_job.setdefault(run["polls_per_s"], []).append(
+                    {role: 1000 * s / jobs for role, s in spent_by.items()}
+                )
         for polls, ratios in streams.items():
             tag = polling_tag(polls)
             summary[f"server_c32_stream{tag}_vs_plain"] = round(statistics.median(ratios), 2)
             summary[f"server_c32_stream{tag}_vs_plain_rounds"] = [round(r, 2) for r in ratios]
+        for polls, per_run in cpu_per_job.items():
+            # CPU milliseconds a job, by process, medians of the streams.
+            roles = sorted({role for run in per_run for role in run})
+            summary[f"server_c32_stream{polling_tag(polls)}_cpu_ms_per_job"] = {
+                role: round(statistics.median(run.get(role, 0.0) for run in per_run), 1)
+                for role in roles
+            }
         if len(streams) == 2:
             longpoll, polling = (statistics.median(streams[k]) for k in (None, seed_hz))
             summary["server_c32_stream_polling_vs_longpoll"] = round(polling / longpoll, 2)
