@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from bench.checkout import checkout, revision
 from bench.cpu import cpu_under, spent
 from bench.run import RESULTS, machine
 from tests.serve.launcher import ROOT, ServeProcess, all_pids, config_on_port, free_port, proc_stat
@@ -94,18 +94,6 @@ def measure(root: Path, reads: int, env: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def revision(root: Path) -> str:
-    """The checkout's commit, and "+changes" when its server code differs from it."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-        return done.stdout
-
-    code = ("serve_app", "deployments", "serve_config.yaml")
-    dirty = git("status", "--porcelain", "--", *code).strip()
-    return git("rev-parse", "--short", "HEAD").strip() + ("+changes" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--name", default="read-cost", help="results file name")
@@ -125,28 +113,16 @@ def main() -> None:
     envs: dict[str, dict[str, str]] = {"this": {}}
     if extra:
         roots["this+env"], envs["this+env"] = ROOT, extra
-    if args.against:
-        other = Path(tempfile.mkdtemp(prefix="whisper-readcost-rev-")) / "checkout"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(other), args.against],
-            check=True,
-            capture_output=True,
-        )
-        roots["against"], envs["against"] = other, {}
-    revisions = {label: revision(root) for label, root in roots.items()}
-    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in roots}
-    try:
+    with contextlib.ExitStack() as stack:
+        if args.against:
+            roots["against"], envs["against"] = stack.enter_context(checkout(args.against)), {}
+        revisions = {label: revision(root) for label, root in roots.items()}
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in roots}
         for i in range(args.repeat):
             for label, root in roots.items():
                 run = measure(root, args.reads, envs[label])
                 runs[label].append(run)
                 print(i, label, json.dumps(run), flush=True)
-    finally:
-        if args.against:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(roots["against"])],
-                capture_output=True,
-            )
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),

@@ -564,6 +564,41 @@ def polling_tag(polls_per_s: float | None) -> str:
     return f"_polling_{polls_per_s:g}hz" if polls_per_s else ""
 
 
+def stream_summary(streams: list[dict[str, Any]], plain: float) -> dict[str, Any]:
+    """Streams against plain faster-whisper (``plain``: its wall time for the 32 clips,
+    each once), long polls and polling apart: medians, each stream's figure, the CPU
+    milliseconds a job took by process, and polling against long polls."""
+    summary: dict[str, Any] = {}
+    ratios: dict[float | None, list[float]] = {}
+    cpu_per_job: dict[float | None, list[dict[str, float]]] = {}
+    for run in streams:
+        # Plain decodes each clip as often as the stream sends it.
+        ratios.setdefault(run["polls_per_s"], []).append(
+            plain * run["clips_per_client"] / run["wall_s"]
+        )
+        if "cpu_s_by_process" in run:
+            jobs = run["concurrency"] * run["clips_per_client"]
+            spent_by = {**run["cpu_s_by_process"], "bench clients": run["cpu_s_bench_clients"]}
+            cpu_per_job.setdefault(run["polls_per_s"], []).append(
+                {role: 1000 * s / jobs for role, s in spent_by.items()}
+            )
+    for polls, each in ratios.items():
+        tag = polling_tag(polls)
+        summary[f"server_c32_stream{tag}_vs_plain"] = round(statistics.median(each), 2)
+        summary[f"server_c32_stream{tag}_vs_plain_rounds"] = [round(r, 2) for r in each]
+    for polls, per_run in cpu_per_job.items():
+        roles = sorted({role for run in per_run for role in run})
+        summary[f"server_c32_stream{polling_tag(polls)}_cpu_ms_per_job"] = {
+            role: round(statistics.median(run.get(role, 0.0) for run in per_run), 1)
+            for role in roles
+        }
+    seed_hz = round(1 / SEED_POLL_EVERY_S, 2)  # the polling rate as run_clients records it
+    if None in ratios and seed_hz in ratios:
+        longpoll, polling = (statistics.median(ratios[k]) for k in (None, seed_hz))
+        summary["server_c32_stream_polling_vs_longpoll"] = round(polling / longpoll, 2)
+    return summary
+
+
 def summarize(result: dict[str, Any]) -> None:
     audio = result["audio_seconds"]
     plain, engine = result["plain"]["wall_s"], result["engine"]["wall_s"]
@@ -622,33 +657,7 @@ def summarize(result: dict[str, Any]) -> None:
                 summary["server_c32_no_guard_vs_plain"] = round(plain / longpoll, 2)
                 summary["server_c32_polling_4hz_no_guard_vs_plain"] = round(plain / polling, 2)
                 summary["server_c32_polling_vs_longpoll_no_guard"] = round(longpoll / polling, 2)
-        streams: dict[float | None, list[float]] = {}
-        cpu_per_job: dict[float | None, list[dict[str, float]]] = {}
-        for run in server.get("stream", []):
-            # Plain decodes each clip as often as the stream sends it.
-            streams.setdefault(run["polls_per_s"], []).append(
-                plain * run["clips_per_client"] / run["wall_s"]
-            )
-            if "cpu_s_by_process" in run:
-                jobs = run["concurrency"] * run["clips_per_client"]
-                spent_by = {**run["cpu_s_by_process"], "bench clients": run["cpu_s_bench_clients"]}
-                cpu_per_job.setdefault(run["polls_per_s"], []).append(
-                    {role: 1000 * s / jobs for role, s in spent_by.items()}
-                )
-        for polls, ratios in streams.items():
-            tag = polling_tag(polls)
-            summary[f"server_c32_stream{tag}_vs_plain"] = round(statistics.median(ratios), 2)
-            summary[f"server_c32_stream{tag}_vs_plain_rounds"] = [round(r, 2) for r in ratios]
-        for polls, per_run in cpu_per_job.items():
-            # CPU milliseconds a job, by process, medians of the streams.
-            roles = sorted({role for run in per_run for role in run})
-            summary[f"server_c32_stream{polling_tag(polls)}_cpu_ms_per_job"] = {
-                role: round(statistics.median(run.get(role, 0.0) for run in per_run), 1)
-                for role in roles
-            }
-        if len(streams) == 2:
-            longpoll, polling = (statistics.median(streams[k]) for k in (None, seed_hz))
-            summary["server_c32_stream_polling_vs_longpoll"] = round(polling / longpoll, 2)
+        summary.update(stream_summary(server.get("stream", []), plain))
         direct = statistics.median(result["plain"]["single_clip_s"])
         summary["idle_single_clip_vs_direct"] = round(
             statistics.median(server["idle_single_clip_s"]) / direct, 2
