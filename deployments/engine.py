@@ -47,10 +47,11 @@ MAX_COMPRESSION_RATIO = 2.4
 # Token budget of a packed clip's decode: fast English speech with timestamps is about 5.
 TOKENS_PER_SECOND = 5
 # A decode of a short window that writes more than this many tokens a second of its
-# audio (and LOOP_TOKENS more) is a loop: about twice the fastest speech in any language
-# (CJK text takes 10-15 tokens a second). It is cut there and fails the fallback test,
-# as its text decoded to the end would fail the compression test; a sampled loop of a
-# 2.5 s clip used to run to 224 tokens times BEST_OF, several times plain's decode.
+# audio, and LOOP_TOKENS more (rounded up to a multiple of 32; windows over 6.4 s keep
+# faster-whisper's 224), is a loop: about twice the fastest speech in any language (CJK
+# text takes 10-15 tokens a second). It is cut there and fails the fallback test, as its
+# text decoded to the end would fail the compression test; a sampled loop of a 2.5 s clip
+# used to run to 224 tokens times BEST_OF, several times plain's decode.
 LOOP_TOKENS_PER_SECOND = 25
 LOOP_TOKENS = 32
 # faster-whisper's quality guards, with its defaults: a window whose text
