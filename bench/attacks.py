@@ -19,7 +19,6 @@ import json
 import platform
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from bench.server import bench_server
 from tests.attacks import (
     JFK,
     HealthProbe,
@@ -40,10 +40,7 @@ from tests.attacks import (
 from tests.audio_util import silent_flac
 from tests.serve.launcher import (
     NginxFront,
-    ServeProcess,
     _ancestors,
-    config_on_port,
-    free_port,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,23 +154,18 @@ def main() -> None:
         help="run the fairness part alone and replace it in --out (the attacks' results stay)",
     )
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="attacks-"))
-    port = free_port()
-    server = ServeProcess(
-        work,
+    server = bench_server(
+        f"{KEY},{OTHER}",
         {
-            "WHISPER_API_KEY": f"{KEY},{OTHER}",
-            "DATA_DIR": str(work / "data"),
             "WHISPER_CPU_THREADS": "2",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             # Below the default (64 per gateway), so that 40 stalled uploads meet it.
             "MAX_UPLOADS_PER_KEY": "8",
         },
-        port=port,
-        config=config_on_port(work, port),
+        prefix="attacks-",
     )
     server.start()
-    front = NginxFront(work, port)
+    front = NginxFront(server.workdir, server.port)
     front.start()
     assert server.proc is not None
     root = server.proc.pid
@@ -190,7 +182,7 @@ def main() -> None:
             ()
             if args.only_fairness
             else (
-                ("ray_proxy", port, server.url),
+                ("ray_proxy", server.port, server.url),
                 ("nginx", front.port, front.url),
             )
         ):

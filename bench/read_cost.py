@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ import httpx
 from bench.checkout import checkout, revision
 from bench.cpu import cpu_under, spent
 from bench.run import RESULTS, machine
-from tests.serve.launcher import ROOT, ServeProcess, all_pids, config_on_port, free_port, proc_stat
+from bench.server import bench_server
+from tests.serve.launcher import ROOT, all_pids, proc_stat
 
 KEY = "bench-read-key"
 CLIP = ROOT / "tests" / "data" / "jfk.flac"
@@ -43,20 +43,12 @@ def in_session(leader: int) -> list[int]:
 
 def measure(root: Path, reads: int, env: dict[str, str]) -> dict[str, Any]:
     """One server from checkout ``root``, ``env`` added: CPU milliseconds a read, by role."""
-    work = Path(tempfile.mkdtemp(prefix="whisper-readcost-"))
-    port = free_port()
-    server = ServeProcess(
-        work,
-        {
-            "WHISPER_API_KEY": KEY,
-            "DATA_DIR": str(work / "data"),
-            # One client reads as fast as it can: the cost of a read let through, not a 429.
-            "STATUS_READS_PER_S_PER_KEY": "100000",
-            **env,
-        },
-        port=port,
-        config=config_on_port(work, port, config=root / "serve_config.yaml"),
+    server = bench_server(
+        KEY,
+        # One client reads as fast as it can: the cost of a read let through, not a 429.
+        {"STATUS_READS_PER_S_PER_KEY": "100000", **env},
         root=root,
+        prefix="whisper-readcost-",
     )
     server.start()
     assert server.proc is not None

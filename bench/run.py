@@ -24,7 +24,6 @@ import platform
 import random
 import re
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,13 +36,14 @@ import jiwer
 from bench.clips import Clip, make_clips
 from bench.cpu import cpu_under, spent
 from bench.packing import measure as measure_packing
+from bench.server import bench_server
 from deployments.assemble import assemble
 from deployments.engine import WhisperEngine
 from deployments.interface import EngineConfig, Packing
 from deployments.models import resolve_model
 from deployments.protocol import TranscribeOptions
 from tests.audio_util import words
-from tests.serve.launcher import ServeProcess, config_on_port, free_port, replica_pids
+from tests.serve.launcher import replica_pids
 
 RESULTS = Path(__file__).parent / "results"
 KEY = "bench-key"
@@ -326,24 +326,19 @@ def streamed(clips: list[Clip], per_client: int) -> list[Clip]:
 def run_server(
     clips: list[Clip],
     threads: int,
-    port: int,
+    port: int,  # 0: a free one
     sustain_s: float,
     packing: bool,
     rounds: int,
     stream: int = 0,
     stream_rounds: int = STREAM_ROUNDS,
 ) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="whisper-bench-"))
     many_keys = [f"bench-key-{i}" for i in range(32)]
-    server = ServeProcess(
-        work,
-        {
-            "WHISPER_API_KEY": ",".join([KEY, *many_keys]),
-            "DATA_DIR": str(work / "data"),
-            "WHISPER_CPU_THREADS": str(threads),
-        },
+    server = bench_server(
+        ",".join([KEY, *many_keys]),
+        {"WHISPER_CPU_THREADS": str(threads)},
         port=port,
-        config=config_on_port(work, port, whisper={"pack_short_jobs": packing}),
+        whisper={"pack_short_jobs": packing},
     )
     server.start()
     out: dict[str, Any] = {}
@@ -524,11 +519,10 @@ def main() -> None:
         result["real_speech_packing"] = {k: v for k, v in measured.items() if k != "examples"}
         del real
     if not args.no_server:
-        port = args.port or free_port()
         result["server"] = run_server(
             clips,
             args.threads,
-            port,
+            args.port,
             args.sustain,
             args.pack,
             args.rounds,

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,27 +37,20 @@ from bench.run import (
     transcribe_http,
     with_cpu,
 )
-from tests.serve.launcher import ROOT, ServeProcess, config_on_port, free_port
+from bench.server import bench_server
+from tests.serve.launcher import ROOT
 
 
 def streams_on(
     root: Path, clips: list[Clip], per_client: int, threads: int
 ) -> list[dict[str, Any]]:
     """One server from checkout ``root``: the stream long-polling, then polling."""
-    work = Path(tempfile.mkdtemp(prefix="whisper-stream-ab-"))
-    port = free_port()
-    server = ServeProcess(
-        work,
-        {
-            "WHISPER_API_KEY": KEY,
-            "DATA_DIR": str(work / "data"),
-            "WHISPER_CPU_THREADS": str(threads),
-        },
-        port=port,
-        config=config_on_port(
-            work, port, config=root / "serve_config.yaml", whisper={"pack_short_jobs": True}
-        ),
+    server = bench_server(
+        KEY,
+        {"WHISPER_CPU_THREADS": str(threads)},
         root=root,
+        whisper={"pack_short_jobs": True},
+        prefix="whisper-stream-ab-",
     )
     server.start()
     assert server.proc is not None
