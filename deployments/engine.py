@@ -387,13 +387,15 @@ class WhisperEngine:
         beam_size: int,
         seconds: list[float],
     ) -> list[Generated]:
-        """Decode windows with faster-whisper's temperature fallback, in batches.
+        """Decode windows with faster-whisper's temperature fallback.
 
-        Each temperature decodes at once the windows the last one failed; where
-        all fail, the likeliest result that does not loop is kept, as
-        faster-whisper does. A window the no-speech test finds silent comes
-        back with no tokens. ``seconds``: each window's audio; a decode that
-        outruns its loop budget (LOOP_TOKENS_PER_SECOND) is a loop.
+        Temperature 0 decodes the windows at once; each window it fails then tries
+        the next temperatures in turn, drawing them all from one sampler of its own
+        (backends sample a prompt at a time). Where all fail, the likeliest result
+        that does not loop is kept, as faster-whisper does. A window the no-speech
+        test finds silent comes back with no tokens. ``seconds``: each window's
+        audio; a decode that outruns its loop budget (LOOP_TOKENS_PER_SECOND) is a
+        loop.
         """
         chosen: list[Generated | None] = [None] * len(prompts)
         tried: list[list[tuple[Generated, bool]]] = [[] for _ in prompts]
@@ -401,35 +403,50 @@ class WhisperEngine:
             min(MAX_LENGTH // 2, token_budget(s, LOOP_TOKENS_PER_SECOND, LOOP_TOKENS))
             for s in seconds
         ]
-        todo = list(range(len(prompts)))
-        for temperature in TEMPERATURES:
-            if not todo:
-                break
-            results = self.backend.generate(
-                encoded,
-                [prompts[i] for i in todo],
-                beam_size=beam_size,
-                max_length=max(max_length(budgets[i], len(prompts[i])) for i in todo),
-                rows=todo,
-                temperature=temperature,
-                best_of=BEST_OF,
-            )
-            failed = []
-            for i, result in zip(todo, results, strict=True):
-                text = tokenizers[i].decode(result.tokens)
-                looped = budgets[i] < MAX_LENGTH // 2 and len(result.tokens) >= budgets[i]
-                not_looping = not looped and timing.compression_ratio(text) <= MAX_COMPRESSION_RATIO
-                tried[i].append((result, not_looping))
-                if verdict(result, text, looped=looped) == "fallback":
-                    failed.append(i)
-                else:
-                    chosen[i] = result
-            if failed:
-                logger.info("%d windows failed at temperature %.1f", len(failed), temperature)
-            todo = failed
+
+        def judge(i: int, result: Generated) -> bool:
+            """Keep ``result`` for window ``i`` if it passes; say whether it did."""
+            text = tokenizers[i].decode(result.tokens)
+            looped = budgets[i] < MAX_LENGTH // 2 and len(result.tokens) >= budgets[i]
+            not_looping = not looped and timing.compression_ratio(text) <= MAX_COMPRESSION_RATIO
+            tried[i].append((result, not_looping))
+            if verdict(result, text, looped=looped) == "fallback":
+                return False
+            chosen[i] = result
+            return True
+
+        first = self.backend.generate(
+            encoded,
+            prompts,
+            beam_size=beam_size,
+            max_length=max(max_length(b, len(p)) for b, p in zip(budgets, prompts, strict=True)),
+            temperature=TEMPERATURES[0],
+        )
+        todo = [i for i, result in enumerate(first) if not judge(i, result)]
+        if todo:
+            logger.info("%d windows failed at temperature %.1f", len(todo), TEMPERATURES[0])
+        unsolved = 0
         for i in todo:
-            pool = [r for r, not_looping in tried[i] if not_looping] or [r for r, _ in tried[i]]
-            chosen[i] = max(pool, key=lambda r: r.avg_logprob)
+            sampler = self.backend.sampler()
+            for temperature in TEMPERATURES[1:]:
+                [result] = self.backend.generate(
+                    encoded,
+                    [prompts[i]],
+                    beam_size=beam_size,
+                    max_length=max_length(budgets[i], len(prompts[i])),
+                    rows=[i],
+                    temperature=temperature,
+                    best_of=BEST_OF,
+                    sampler=sampler,
+                )
+                if judge(i, result):
+                    break
+            else:
+                pool = [r for r, fine in tried[i] if fine] or [r for r, _ in tried[i]]
+                chosen[i] = max(pool, key=lambda r: r.avg_logprob)
+                unsolved += 1
+        if unsolved:
+            logger.info("%d windows failed at every temperature", unsolved)
         out: list[Generated] = []
         for kept, tokenizer in zip(chosen, tokenizers, strict=True):
             assert kept is not None

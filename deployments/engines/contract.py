@@ -28,8 +28,8 @@ TIME_PRECISION = 0.02
 ALIGN_FRAMES_PER_SECOND = 50
 """Encoder positions per second (the second convolution has stride 2)."""
 SAMPLING_SEED = 0
-"""Temperature fallback samples from this seed at every call: a file decoded
-twice gives the same text."""
+"""A window's temperature fallback samples from a stream at this seed (``sampler``):
+a file decoded twice gives the same text."""
 MAX_LENGTH = 448
 """Whisper's longest token sequence, prompt included."""
 
@@ -112,12 +112,14 @@ class WhisperBackend(Protocol):
         spans: Sequence[tuple[float, float]] | None = None,
         temperature: float = 0.0,
         best_of: int = 5,
+        sampler: Any = None,
     ) -> list[Generated]:
         """Decode each prompt with timestamps, under Whisper's timestamp rules.
 
         ``temperature`` 0: beam search (greedy for ``beam_size`` 1); above 0,
         ``best_of`` samples at that temperature, the likeliest kept (Whisper's
-        temperature fallback).
+        temperature fallback), drawn from ``sampler`` (prompt after prompt), or
+        without one each prompt from a fresh ``sampler()``.
 
         Prompt ``i`` decodes window ``rows[i]`` of ``encoded`` (window ``i`` when
         ``rows`` is None): one encoder pass can serve several prompts. With
@@ -130,6 +132,13 @@ class WhisperBackend(Protocol):
         ``max_length`` counts the prompt, as in CTranslate2: a window gets at most
         ``min(max_length // 2, max_length - len(prompt) + 1)`` new tokens.
         """
+        ...
+
+    def sampler(self) -> Any:
+        """A random stream at SAMPLING_SEED for one window's temperature fallback:
+        each sampled ``generate`` draws on from where the last one left it, so the
+        same calls on a fresh sampler give the same samples, whatever else was
+        sampled meanwhile, and each temperature gets new draws."""
         ...
 
     def align(

@@ -139,23 +139,36 @@ def test_a_backend_decodes_one_prompt_per_row_of_an_encoder_pass(
     assert not backend.multilingual and backend.languages == ("en",)
 
 
-def test_a_backend_samples_a_window_the_same_way_every_time(backend: WhisperBackend) -> None:
-    """The temperature fallback samples from SAMPLING_SEED: the same audio, the same text,
-    whatever was sampled before. (CTranslate2 seeds a thread's generator once, at its first
-    draw: set_random_seed alone gave 3 different samples in 6 calls.)"""
+def test_a_sampler_draws_a_window_the_same_way_every_time_and_on_from_call_to_call(
+    backend: WhisperBackend,
+) -> None:
+    """A window's temperature fallback samples from a sampler of its own (``sampler()``,
+    at SAMPLING_SEED): the same calls on a fresh sampler give the same samples, whatever
+    was sampled before; and each call draws on from the last, so the next temperature is a
+    new draw, not the first one again at another temperature. (CTranslate2 seeds a thread's
+    generator once, at its first draw: set_random_seed alone gave 3 different samples in 6
+    calls. Seeded afresh at every temperature, a clip that looped at 0.2 looped again at
+    0.4, 0.6 and 1.0.)"""
     from deployments.engines.tokenizer import WhisperTokenizer, load
 
     tokenizer = WhisperTokenizer(
         load(backend.tokenizer_json), multilingual=False, language="en", task="transcribe"
     )
-    encoded = backend.encode([decode(str(JFK))])
-    samples = {
-        tuple(
-            backend.generate(
-                encoded, [tokenizer.sot_sequence], beam_size=1, max_length=MAX_LENGTH,
-                temperature=1.0, best_of=2,
-            )[0].tokens
-        )
-        for _ in range(4)
-    }  # fmt: skip
-    assert len(samples) == 1
+    noise = np.random.default_rng(0).normal(0, 0.1, SAMPLE_RATE * 3).astype(np.float32)
+    encoded = backend.encode([decode(str(JFK)), noise])
+
+    def draws(sampler: object, row: int) -> list[tuple[int, ...]]:
+        return [
+            tuple(
+                backend.generate(
+                    encoded, [tokenizer.sot_sequence], beam_size=1, max_length=64,
+                    rows=[row], temperature=1.0, best_of=2, sampler=sampler,
+                )[0].tokens
+            )
+            for _ in range(3)
+        ]  # fmt: skip
+
+    first = draws(backend.sampler(), 1)
+    draws(backend.sampler(), 0)  # another window's fallback between
+    assert draws(backend.sampler(), 1) == first
+    assert len(set(first)) == 3  # noise at temperature 1: three draws, three texts

@@ -132,6 +132,7 @@ class CTranslate2Whisper:
         spans: Sequence[tuple[float, float]] | None = None,
         temperature: float = 0.0,
         best_of: int = 5,
+        sampler: Any = None,
     ) -> list[Generated]:
         sampling = (
             {"beam_size": 1, "num_hypotheses": best_of, "sampling_topk": 0,
@@ -141,8 +142,8 @@ class CTranslate2Whisper:
         )  # fmt: skip
         windows = list(range(len(prompts))) if rows is None else list(rows)
         if temperature > 0 and len(prompts) > 1:
-            # Each prompt samples on its own from the seed: the same audio gives
-            # the same text whatever it is batched with (fallbacks are rare).
+            # Each prompt samples on its own, from the sampler or a fresh one: the
+            # same audio gives the same text whatever it is batched with.
             return [
                 self.generate(
                     encoded,
@@ -153,10 +154,11 @@ class CTranslate2Whisper:
                     spans=None if spans is None else [spans[i]],
                     temperature=temperature,
                     best_of=best_of,
+                    sampler=sampler,
                 )[0]
                 for i, prompt in enumerate(prompts)
             ]
-        model = self._sampler() if temperature > 0 else self.model.model
+        model = (sampler or self.sampler()) if temperature > 0 else self.model.model
         # CTranslate2 decodes together only prompts whose start token is at the
         # same place (as much previous text): one call per such group.
         groups: dict[int, list[int]] = {}
@@ -194,16 +196,17 @@ class CTranslate2Whisper:
             for r in results
         ]
 
-    def _sampler(self) -> Any:
-        """The model to sample a fallback with, its generator at SAMPLING_SEED.
+    def sampler(self) -> Any:
+        """A model to sample one window's fallback with, its generator at SAMPLING_SEED.
 
         CTranslate2 seeds each thread's generator once, at its first draw
         (``set_random_seed`` reaches only threads that have not drawn yet), and
         decodes on its worker threads: with the shared model a window's sample
-        depended on what was sampled before it (3 different texts in 6 calls).
-        On a CPU a copy with a worker thread of its own costs about 0.1 s
-        (tiny.en), and fallbacks are rare. On CUDA, where a copy of a large
-        model costs seconds and memory, the shared model samples (not reproducible).
+        depended on what was sampled before it (3 different texts in 6 calls). So
+        on a CPU a window's stream is a model copy with one worker thread of its
+        own, about 0.17 s of CPU (tiny.en), once a window that falls back: its
+        temperatures draw on from it. On CUDA, where a copy of a large model costs
+        seconds and memory, the shared model samples (not reproducible).
         """
         import ctranslate2
 

@@ -186,13 +186,14 @@ class TorchWhisper:
         spans: Sequence[tuple[float, float]] | None = None,
         temperature: float = 0.0,
         best_of: int = 5,
+        sampler: Any = None,
     ) -> list[Generated]:
         hidden = self._heard(
             encoded, list(range(len(prompts))) if rows is None else list(rows), spans
         )
         if temperature <= 0:
             return self._decode_groups(hidden, list(prompts), beam_size, max_length, 0.0)
-        if len(prompts) > 1:  # each prompt samples on its own from the seed
+        if len(prompts) > 1:  # each prompt samples on its own, from the sampler or a fresh one
             return [
                 self.generate(
                     TorchEncoded(hidden[i : i + 1]),
@@ -201,6 +202,7 @@ class TorchWhisper:
                     max_length=max_length,
                     temperature=temperature,
                     best_of=best_of,
+                    sampler=sampler,
                 )[0]
                 for i, prompt in enumerate(prompts)
             ]
@@ -211,6 +213,7 @@ class TorchWhisper:
             1,
             max_length,
             temperature,
+            sampler or self.sampler(),
         )
         return [
             max(samples[i * best_of : (i + 1) * best_of], key=lambda g: g.avg_logprob)
@@ -224,6 +227,7 @@ class TorchWhisper:
         beam_size: int,
         max_length: int,
         temperature: float,
+        sampler: torch.Generator | None = None,
     ) -> list[Generated]:
         """Decode prompt ``i`` over ``hidden[i]``, prompts of one length together."""
         results: list[Generated | None] = [None] * len(prompts)
@@ -234,7 +238,12 @@ class TorchWhisper:
             groups.setdefault((len(prompt), prompt[-1] >= self._rules.begin), []).append(i)
         for members in groups.values():
             decoded = self._generate(
-                hidden[members], [prompts[i] for i in members], beam_size, max_length, temperature
+                hidden[members],
+                [prompts[i] for i in members],
+                beam_size,
+                max_length,
+                temperature,
+                sampler,
             )
             for i, result in zip(members, decoded, strict=True):
                 results[i] = result
@@ -248,6 +257,10 @@ class TorchWhisper:
             whole = rows == list(range(encoded.hidden.shape[0]))
             return encoded.hidden if whole else encoded.hidden[rows]
         return silenced(encoded.hidden[rows].clone(), self._silence(), spans)
+
+    def sampler(self) -> torch.Generator:
+        """One window's random stream for the temperature fallback (contract)."""
+        return torch.Generator(device=self.device).manual_seed(SAMPLING_SEED)
 
     @cache  # noqa: B019 - once, for the model's life
     def _silence(self) -> torch.Tensor:
@@ -271,9 +284,11 @@ class TorchWhisper:
         beam_size: int,
         max_length: int,
         temperature: float = 0.0,
+        sampler: torch.Generator | None = None,
     ) -> list[Generated]:
-        """Beam search, greedy (``beam_size`` 1), or sampling at ``temperature`` > 0."""
-        seeded = torch.Generator(device=self.device).manual_seed(SAMPLING_SEED)
+        """Beam search, greedy (``beam_size`` 1), or sampling at ``temperature`` > 0
+        (from ``sampler``)."""
+        seeded = sampler or self.sampler()
         n = len(prompts)
         beams = max(1, beam_size)
         sot = self._special["sot"]
