@@ -341,10 +341,10 @@ def test_times_are_monotonic_and_inside_the_audio(engine: WhisperEngine) -> None
     """
     names = ["1088-134315-0000.wav", "2412-153948-0000.flac", "1088-134315-0000-reverb.wav"]
     speech = np.concatenate([decode(str(DATA / "real" / n)) for n in names] * 3)
-    for vad_filter, word_timestamps in itertools.product((False, True), (True, False)):
-        result = transcribe(
-            engine, wav_bytes(speech), vad_filter=vad_filter, word_timestamps=word_timestamps
-        )
+    # With word times (the strictest checks), the VAD off and on; without them the
+    # segments are cut the same way (30 s in the suite for all four pairs, half for two).
+    for vad_filter in (False, True):
+        result = transcribe(engine, wav_bytes(speech), vad_filter=vad_filter, word_timestamps=True)
         last = 0.0
         for s in result["segments"]:
             assert last <= s["start"] <= s["end"] <= result["duration"], (last, s)
