@@ -6,7 +6,7 @@ import time
 
 from serve_app.settings import Settings
 
-# Past this many entries, the bookkeeping of jobs long ended is dropped.
+# Past this many owners, the token buckets start again.
 MAX_TRACKED = 10_000
 
 
@@ -15,8 +15,6 @@ class StatusPacer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._last_read: dict[str, float] = {}
-        """When each unfinished job's status may next be read without a wait."""
         self._read_budget: dict[str, tuple[float, float]] = {}
         """Per owner: (tokens, when) of the status-read token bucket."""
 
@@ -35,24 +33,20 @@ class StatusPacer:
         self._read_budget[owner] = (tokens - 1, now)
         return True
 
-    def hold(self, job_id: str, created_at: float) -> float:
+    def hold(self, created_at: float) -> float:
         """Seconds to hold a status read of an unfinished job polled without ``wait``.
 
         The seed's clients poll several times a second, and each read costs CPU
         in Ray's proxy and a gateway (docs/benchmarks.md: 32 such clients halved
-        throughput). A read within STATUS_POLL_INTERVAL_S of the last one waits
-        for the rest of it, or for the job's end: the client learns the end as
-        soon as with a faster poll. The submit's answer (``queued``) is the job's
-        first read: a poll right after it waits too. ``created_at``: the job's
-        ``time.time()`` at creation.
+        throughput). A read waits for the job's next tick, every
+        STATUS_POLL_INTERVAL_S from its creation (``created_at``, ``time.time()``),
+        or for its end, whichever comes first: the client learns the end as soon
+        as with a faster poll, and a job is answered at most once a tick. The
+        ticks are the job's own, so every gateway replica holds a read to the
+        same ones: Ray's proxy spreads a client's polls over them.
         """
         interval = self.settings.status_poll_interval_s
         if interval <= 0:
             return 0.0
-        now = time.monotonic()
-        if len(self._last_read) > MAX_TRACKED:  # jobs long ended; their reads are not held
-            self._last_read = {k: t for k, t in self._last_read.items() if t > now}
-        submitted = now - max(0.0, time.time() - created_at)
-        due = max(now, self._last_read.get(job_id, submitted) + interval)
-        self._last_read[job_id] = due
-        return min(due - now, interval)
+        age = max(0.0, time.time() - created_at)
+        return interval - age % interval

@@ -194,11 +194,11 @@ async def get_job(
         )
     job = await wait_for_end(store, ends, job_id, owner, wait)
     if wait == 0 and job.status not in ENDED:
-        hold = pacer.hold(job_id, job.created_at)  # polled faster than STATUS_POLL_INTERVAL_S
+        hold = pacer.hold(job.created_at)  # to the job's next STATUS_POLL_INTERVAL_S tick
         if hold > 0:
             job = await wait_for_end(store, ends, job_id, owner, hold)
     # A job still running: when to ask again (a client that can, asks with wait=N).
-    # Retry-After: STATUS_POLL_INTERVAL_S, the pace a poll without wait is held to.
+    # Retry-After: STATUS_POLL_INTERVAL_S, the job's ticks a poll without wait is held to.
     again = max(1, math.ceil(settings.status_poll_interval_s))
     later = {} if job.status in ENDED else {"Retry-After": str(again)}
     if format == "json":
