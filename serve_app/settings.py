@@ -96,9 +96,9 @@ class Settings(BaseSettings):
     """An upload must arrive whole within this long (25 MB in 600 s: 42 KB/s); else 408."""
 
     status_poll_interval_s: float = Field(default=2.0, ge=0, le=10)
-    """A job still queued or running is read at most this often without ``wait``: a faster
-    poll is answered when the job ends or this long after the last read, the submit counting
-    as the first (0: no pacing)."""
+    """A job still queued or running is read at most this often without ``wait``: a read is
+    answered when the job ends or at its next tick, every this long from its creation
+    (0: no pacing)."""
 
     status_reads_per_s_per_key: float = Field(default=50, gt=0)
     """Status reads one API key may make per second, per gateway replica (bursts of twice
