@@ -154,7 +154,7 @@ def measure_polling(
     polling = sum(by_role.values()) - sum(idle.values())
     return {
         "reads_per_s": round(reads / seconds, 2),
-        # Over what the same server spent idle just before (Ray's own loops: 0.2 cores).
+        # Over what the same server spent idle just before (Ray's own loops: 0.1-0.15 cores).
         "cpu_ms_per_s": round(1000 * polling / seconds, 1),
         "cpu_ms_per_read": round(1000 * polling / reads, 2) if reads else None,
         "idle_cpu_ms_per_s": round(1000 * sum(idle.values()) / seconds, 1),

@@ -637,7 +637,7 @@ def test_a_poll_one_gateway_answered_holds_the_next_poll_at_another(tmp_path: Pa
     """Issue 11: Ray's proxy spreads one client's polls over the gateway replicas, and each
     replica paced only the reads it had answered itself: a poll 0.25 s after one gateway's
     held answer went to the other and was answered at once. One seed-style client of a
-    231 s job through `serve run` (2 gateways) was answered 29 times in 40 s, not 18. Every
+    231 s job through `serve run` (2 gateways) was answered 29 times in 40 s (now 20). Every
     gateway now paces a job by the job's own clock (its creation), so they agree."""
     settings = make_settings(tmp_path)
     with (
