@@ -29,7 +29,7 @@ import signal
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,21 +123,17 @@ def measure_polling(
             answered = [0] * clients
             params = {"wait": wait} if wait else {}
 
-            def poll(n: int) -> Callable[[], None]:
-                def run() -> None:
-                    with client(server) as mine:
-                        while time.perf_counter() < until:
-                            body = mine.get(
-                                f"/transcribe/{jobs[n]['job_id']}", params=params
-                            ).json()
-                            assert body["status"] in ("queued", "processing"), body
-                            answered[n] += time.perf_counter() < until
-                            if not wait:
-                                time.sleep(SEED_POLL_EVERY_S)
+            def poll(n: int) -> None:
+                with client(server) as mine:
+                    while time.perf_counter() < until:
+                        url = f"/transcribe/{jobs[n]['job_id']}"
+                        body = mine.get(url, params=params).json()
+                        assert body["status"] in ("queued", "processing"), body
+                        answered[n] += time.perf_counter() < until
+                        if not wait:
+                            time.sleep(SEED_POLL_EVERY_S)
 
-                return run
-
-            threads = [threading.Thread(target=poll(n)) for n in range(clients)]
+            threads = [threading.Thread(target=poll, args=(n,)) for n in range(clients)]
             before = cpu_under(group)
             time.sleep(seconds)  # what the server spends with no reads, to subtract
             idle = spent(before, cpu_under(group))
