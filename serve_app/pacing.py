@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from serve_app.settings import Settings
@@ -50,3 +51,12 @@ class StatusPacer:
             return 0.0
         age = max(0.0, time.time() - created_at)
         return interval - age % interval
+
+    def retry_after(self, created_at: float) -> int:
+        """Whole seconds after which to read the job again: to just before its next tick.
+
+        A read answered at a tick that said STATUS_POLL_INTERVAL_S came back just after
+        the next tick and was held to the one after: a client following Retry-After saw
+        its job every two intervals. Coming back before the tick, the read is held to it.
+        """
+        return max(1, math.ceil(self.hold(created_at)) - 1)

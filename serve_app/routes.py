@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -198,9 +197,7 @@ async def get_job(
         if hold > 0:
             job = await wait_for_end(store, ends, job_id, owner, hold)
     # A job still running: when to ask again (a client that can, asks with wait=N).
-    # Retry-After: STATUS_POLL_INTERVAL_S, the job's ticks a poll without wait is held to.
-    again = max(1, math.ceil(settings.status_poll_interval_s))
-    later = {} if job.status in ENDED else {"Retry-After": str(again)}
+    later = {} if job.status in ENDED else {"Retry-After": str(pacer.retry_after(job.created_at))}
     if format == "json":
         public = JobPublic.from_job(job)
         if job.status == JobStatus.queued:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import shutil
 import sqlite3
@@ -578,14 +579,34 @@ def test_a_queued_job_shows_its_place_in_the_queue(tmp_path: Path) -> None:
 def test_a_status_read_of_a_job_still_running_says_when_to_ask_again(tmp_path: Path) -> None:
     with TestClient(make_app(make_settings(tmp_path / "h"), Hanging())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
+        # Held to the job's tick (STATUS_POLL_INTERVAL_S: 2 s), then told to come back
+        # 1 s before the next one.
         running = c.get(f"/transcribe/{job_id}", headers=AUTH)
-        assert running.headers["Retry-After"] == "2"  # STATUS_POLL_INTERVAL_S
+        assert running.headers["Retry-After"] == "1"
         early = c.get(f"/transcribe/{job_id}", headers=AUTH, params={"format": "srt"})
-        assert early.status_code == 409 and early.headers["Retry-After"] == "2"
+        assert early.status_code == 409 and early.headers["Retry-After"] == "1"
     with TestClient(make_app(make_settings(tmp_path / "d"), LocalClient())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         assert wait_done(c, job_id)["status"] == "done"
         assert "Retry-After" not in c.get(f"/transcribe/{job_id}", headers=AUTH).headers
+
+
+def test_a_client_that_waits_retry_after_sees_the_job_at_every_tick(tmp_path: Path) -> None:
+    """A read answered at a tick said Retry-After: 2 (STATUS_POLL_INTERVAL_S): the client
+    came back just after the next tick and was held to the one after, so it saw its job
+    every 4 s, not 2. Retry-After now says the whole seconds to just before the next tick:
+    the read comes back in time and is held to that tick."""
+    with TestClient(make_app(make_settings(tmp_path), Hanging())) as c:
+        job_id = submit(c, JFK.read_bytes())["job_id"]
+        read = c.get(f"/transcribe/{job_id}", headers=AUTH)  # held to the first tick
+        answered = [time.monotonic()]
+        for _ in range(2):
+            time.sleep(int(read.headers["Retry-After"]))
+            read = c.get(f"/transcribe/{job_id}", headers=AUTH)
+            assert read.json()["status"] in ("queued", "processing")
+            answered.append(time.monotonic())
+    gaps = [b - a for a, b in itertools.pairwise(answered)]
+    assert all(1.6 < gap < 2.5 for gap in gaps), gaps  # STATUS_POLL_INTERVAL_S: 2 s
 
 
 def test_fast_polls_of_an_unfinished_job_are_paced_not_refused(tmp_path: Path) -> None:
@@ -631,6 +652,11 @@ def test_a_read_without_wait_is_held_to_the_jobs_next_tick(tmp_path: Path) -> No
     for age, tick in ((0.25, 2), (1.9, 2), (2.1, 4), (7.5, 8), (60.0, 62)):
         assert tick - age - 0.05 < pacer.hold(now - age) <= tick - age, age
     assert StatusPacer(make_settings(tmp_path, status_poll_interval_s=0)).hold(now) == 0
+    # Retry-After: whole seconds to just before the next tick, at least 1.
+    every_3 = StatusPacer(make_settings(tmp_path, status_poll_interval_s=3))
+    for age, seconds in ((3.01, 2), (4.5, 1), (5.9, 1), (6.2, 2)):
+        assert every_3.retry_after(now - age) == seconds, age
+    assert pacer.retry_after(now - 2.01) == 1
 
 
 def test_a_poll_one_gateway_answered_holds_the_next_poll_at_another(tmp_path: Path) -> None:
