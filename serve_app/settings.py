@@ -95,14 +95,14 @@ class Settings(BaseSettings):
     upload_timeout_s: float = Field(default=600, gt=0)
     """An upload must arrive whole within this long (25 MB in 600 s: 42 KB/s); else 408."""
 
-    status_poll_interval_s: float = Field(default=2.0, ge=0, le=10)
+    status_poll_interval_s: float = Field(default=3.0, ge=0, le=10)
     """A job still queued or running is read at most this often without ``wait``: a read is
     answered when the job ends or at its next tick, every this long from its creation
     (0: no pacing)."""
 
     status_reads_per_s_per_key: float = Field(default=50, gt=0)
     """Status reads one API key may make per second, per gateway replica (bursts of twice
-    that); past it 429 with Retry-After. Paced polls of 32 clients make about 16."""
+    that); past it 429 with Retry-After. Paced polls of 32 clients make about 10."""
 
     job_retention_hours: float | None = Field(default=None, gt=0)
     """Finished jobs and transcripts are deleted this long after they end; unset keeps them."""

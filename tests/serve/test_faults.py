@@ -20,7 +20,7 @@ pytestmark = pytest.mark.serve
 
 def wait_status(client: httpx.Client, job_id: str, status: str, timeout: float = 60) -> None:
     """Until the job is listed with ``status``. Through the listing, which answers at once: a
-    read of the job itself without ``wait`` is held up to STATUS_POLL_INTERVAL_S (2 s, from
+    read of the job itself without ``wait`` is held up to STATUS_POLL_INTERVAL_S (3 s, from
     its submit), and a short job can go from queued through processing to done inside one
     hold (it did: the poll then saw ``done`` until its timeout)."""
     deadline = time.monotonic() + timeout

@@ -577,7 +577,9 @@ def test_a_queued_job_shows_its_place_in_the_queue(tmp_path: Path) -> None:
 
 
 def test_a_status_read_of_a_job_still_running_says_when_to_ask_again(tmp_path: Path) -> None:
-    with TestClient(make_app(make_settings(tmp_path / "h"), Hanging())) as c:
+    with TestClient(
+        make_app(make_settings(tmp_path / "h", status_poll_interval_s=2), Hanging())
+    ) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         # Held to the job's tick (STATUS_POLL_INTERVAL_S: 2 s), then told to come back
         # 1 s before the next one.
@@ -596,7 +598,7 @@ def test_a_client_that_waits_retry_after_sees_the_job_at_every_tick(tmp_path: Pa
     came back just after the next tick and was held to the one after, so it saw its job
     every 4 s, not 2. Retry-After now says the whole seconds to just before the next tick:
     the read comes back in time and is held to that tick."""
-    with TestClient(make_app(make_settings(tmp_path), Hanging())) as c:
+    with TestClient(make_app(make_settings(tmp_path, status_poll_interval_s=2), Hanging())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         read = c.get(f"/transcribe/{job_id}", headers=AUTH)  # held to the first tick
         answered = [time.monotonic()]
@@ -613,7 +615,9 @@ def test_fast_polls_of_an_unfinished_job_are_paced_not_refused(tmp_path: Path) -
     """Issue 11: 32 clients polling 4 times a second halved throughput (each read costs
     ~10 ms of CPU in Ray's proxy and a gateway). A read within STATUS_POLL_INTERVAL_S of
     the last waits for the rest of the interval."""
-    with TestClient(make_app(make_settings(tmp_path / "h"), Hanging())) as c:
+    with TestClient(
+        make_app(make_settings(tmp_path / "h", status_poll_interval_s=2), Hanging())
+    ) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         for _ in range(2):
             begin = time.monotonic()
@@ -635,7 +639,7 @@ def test_the_submits_answer_is_the_first_status_read(tmp_path: Path) -> None:
     at once, another read of ~11 ms of CPU per job (32 clients sending 4 clips each, packing
     on: polling 0.83 of long polls). It waits now for the job's first tick,
     STATUS_POLL_INTERVAL_S after its creation."""
-    with TestClient(make_app(make_settings(tmp_path), Hanging())) as c:
+    with TestClient(make_app(make_settings(tmp_path, status_poll_interval_s=2), Hanging())) as c:
         job_id = submit(c, JFK.read_bytes())["job_id"]
         time.sleep(0.25)
         begin = time.monotonic()
@@ -665,7 +669,7 @@ def test_a_poll_one_gateway_answered_holds_the_next_poll_at_another(tmp_path: Pa
     held answer went to the other and was answered at once. One seed-style client of a
     231 s job through `serve run` (2 gateways) was answered 29 times in 40 s (now 20). Every
     gateway now paces a job by the job's own clock (its creation), so they agree."""
-    settings = make_settings(tmp_path)
+    settings = make_settings(tmp_path, status_poll_interval_s=2)
     with (
         TestClient(make_app(settings, Hanging())) as one,
         TestClient(make_app(settings, Hanging())) as other,
