@@ -613,8 +613,8 @@ def test_a_client_that_waits_retry_after_sees_the_job_at_every_tick(tmp_path: Pa
 
 def test_fast_polls_of_an_unfinished_job_are_paced_not_refused(tmp_path: Path) -> None:
     """Issue 11: 32 clients polling 4 times a second halved throughput (each read costs
-    ~10 ms of CPU in Ray's proxy and a gateway). A read within STATUS_POLL_INTERVAL_S of
-    the last waits for the rest of the interval."""
+    ~10 ms of CPU in Ray's proxy and a gateway). A read waits for the job's next tick,
+    every STATUS_POLL_INTERVAL_S from its submit."""
     with TestClient(
         make_app(make_settings(tmp_path / "h", status_poll_interval_s=2), Hanging())
     ) as c:
