@@ -137,9 +137,9 @@ def measure_polling(
             params = {"wait": wait} if wait else {}
 
             def poll(n: int) -> None:
+                url = f"/transcribe/{jobs[n]['job_id']}"
                 with client(server) as mine:
                     while time.perf_counter() < until:
-                        url = f"/transcribe/{jobs[n]['job_id']}"
                         body = mine.get(url, params=params).json()
                         assert body["status"] in ("queued", "processing"), body
                         answered[n] += time.perf_counter() < until
