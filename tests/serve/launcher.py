@@ -53,6 +53,20 @@ def _ancestors(pid: int) -> list[int]:
     return chain
 
 
+def ray_env(root: Path = ROOT) -> dict[str, str]:
+    """configs/ray.env of checkout ``root`` (Ray's process-wide settings, as scripts/serve
+    exports them); empty for a revision without it."""
+    path = root / "configs" / "ray.env"
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and not name.startswith("#"):
+            out[name] = value
+    return out
+
+
 def all_pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
@@ -113,6 +127,7 @@ class ServeProcess:
         self.ray_logs: list[Path] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = {
+            **ray_env(root),
             **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
             **env,
         }
