@@ -167,6 +167,7 @@ def measure_polling(
         "cpu_ms_per_s": round(1000 * polling / seconds, 1),
         "cpu_ms_per_read": round(1000 * polling / reads, 2) if reads else None,
         "idle_cpu_ms_per_s": round(1000 * sum(idle.values()) / seconds, 1),
+        "idle_by_process_ms_per_s": {r: round(1000 * s / seconds, 1) for r, s in idle.items()},
         "by_process_ms_per_s": {
             r: round(1000 * (s - idle.get(r, 0.0)) / seconds, 1) for r, s in by_role.items()
         },

@@ -42,14 +42,15 @@ from tests.serve.launcher import ROOT
 
 
 def streams_on(
-    root: Path, clips: list[Clip], per_client: int, threads: int
+    root: Path, clips: list[Clip], per_client: int, threads: int, whisper: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """One server from checkout ``root``: the stream long-polling, then polling."""
+    """One server from checkout ``root``: the stream long-polling, then polling.
+    ``whisper``: added to its Whisper deployment's user_config."""
     server = bench_server(
         KEY,
         {"WHISPER_CPU_THREADS": str(threads)},
         root=root,
-        whisper={"pack_short_jobs": True},
+        whisper={"pack_short_jobs": True, **whisper},
         prefix="whisper-stream-ab-",
     )
     server.start()
@@ -84,7 +85,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="servers started per checkout")
     parser.add_argument("--clips", type=int, default=4, help="clips each client sends")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--whisper",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="this tree's server only: a Whisper user_config setting (a number)",
+    )
     args = parser.parse_args()
+    mine = {name: float(value) for name, value in (w.split("=", 1) for w in args.whisper)}
     clips = make_clips(32)
     plain = [run_plain(clips, args.threads)]
     streams: dict[str, list[dict[str, Any]]] = {"this": [], "against": []}
@@ -93,7 +102,8 @@ def main() -> None:
         revisions = {label: revision(root) for label, root in roots.items()}
         for _ in range(args.rounds):
             for label, root in roots.items():
-                streams[label] += streams_on(root, clips, args.clips, args.threads)
+                whisper = mine if label == "this" else {}
+                streams[label] += streams_on(root, clips, args.clips, args.threads, whisper)
     plain.append(run_plain(clips, args.threads))
     wall = statistics.mean(p["wall_s"] for p in plain)
     summary: dict[str, Any] = {label: stream_summary(runs, wall) for label, runs in streams.items()}
@@ -109,6 +119,7 @@ def main() -> None:
         "machine": machine(),
         "model": "tiny.en int8 (bundled)",
         "revisions": revisions,
+        "this_whisper_config": mine,
         "clips_per_client": args.clips,
         "plain_wall_s": [p["wall_s"] for p in plain],
         "streams": streams,
