@@ -53,7 +53,7 @@ class BatchLimits:
     """Windows (<= 30 s each, after packing) decoded in one pass."""
     wait_s: float = 0.02
     """How long a batch waits to fill, from its oldest chunk's arrival."""
-    busy_wait_s: float = 0.4
+    busy_wait_s: float = 0.2
     """The same while more chunks are on their way."""
     packing: Packing = field(default_factory=Packing)
 

@@ -47,7 +47,7 @@ class BatchConfig(BaseModel):
     """
     batch_wait_timeout_s: float = Field(default=0.02, ge=0, le=5)
     """How long a batch waits to fill, from its oldest chunk's arrival."""
-    batch_wait_busy_s: float = Field(default=0.4, ge=0, le=5)
+    batch_wait_busy_s: float = Field(default=0.2, ge=0, le=5)
     """The same wait while more jobs are on their way: fuller batches, fewer windows."""
     pack_short_jobs: bool = False
     """Lay short jobs of one owner with the same options into shared windows."""
