@@ -67,6 +67,13 @@ def ray_env(root: Path = ROOT) -> dict[str, str]:
     return out
 
 
+def starting_env(root: Path = ROOT) -> dict[str, str]:
+    """The environment a server of its own starts Ray in: ``root``'s configs/ray.env, then
+    this process's environment (which wins), without RAY_ADDRESS (no cluster to join)."""
+    here = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    return {**ray_env(root), **here}
+
+
 def all_pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
@@ -126,11 +133,7 @@ class ServeProcess:
         self.output = workdir / "serve-run.log"
         self.ray_logs: list[Path] = []
         self.proc: subprocess.Popen[bytes] | None = None
-        self.env = {
-            **ray_env(root),
-            **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
-            **env,
-        }
+        self.env = {**starting_env(root), **env}
 
     def start(self, timeout: float = 240) -> None:
         if port_taken(self.port):

@@ -32,7 +32,7 @@ import yaml
 from tests.audio_util import JFK, long_jfk, words
 from tests.postgres import PostgresServer
 from tests.serve.conftest import KEY, submit
-from tests.serve.launcher import ROOT, _ancestors, config_on_port, free_port, ray_env
+from tests.serve.launcher import ROOT, _ancestors, config_on_port, free_port, starting_env
 
 pytestmark = pytest.mark.serve
 
@@ -79,8 +79,7 @@ class Cluster:
         self.url = f"http://127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{dashboard}"
         self.env = {
-            **ray_env(),
-            **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
+            **starting_env(),
             "PYTHONPATH": str(ROOT),
             # The app is built on the head node, from its environment.
             "WHISPER_API_KEY": KEY,
